@@ -1,0 +1,17 @@
+//! The Batch AI domain, free of I/O.
+//!
+//! What lives here: validated names and ARM resource ids ([`names`], [`ids`]), the 2018-05-01
+//! wire models with their server-filled defaults and secret redaction ([`models`]), request
+//! validation that names the offending field ([`validate`]), the state machines of jobs,
+//! clusters, resources and long-running operations ([`state`]), and the table of ARM error
+//! codes every crate above renders ([`error`]).
+
+pub mod error;
+pub mod ids;
+pub mod models;
+pub mod names;
+pub mod state;
+pub mod time;
+pub mod validate;
+
+pub use error::{ApiError, ErrorCode};
