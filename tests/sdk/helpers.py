@@ -210,9 +210,11 @@ class ServerProcess:
 
 def tune(config):
     """Poll every second when a server forgets Retry-After (the raw tests check
-    that it sends one) and never retry: a 5xx is a failure, not a slow retry."""
+    that it sends one), never retry (a 5xx is a failure, not a slow retry) and
+    give up on a hung request after 60 s rather than msrest's 100 s."""
     config.long_running_operation_timeout = 1
     config.retry_policy.retries = 0
+    config.connection.timeout = 60
     return config
 
 

@@ -1,1 +1,126 @@
-//! placeholder
+//! The HTTP surface of the server.
+//!
+//! - [`arm`]: the Azure Resource Manager API clients speak: Microsoft.BatchAI 2018-05-01 and the
+//!   Microsoft.Resources subset (subscriptions, resource groups, provider registration).
+//! - [`token_service`]: an AAD-compatible token service (v1, ADFS and v2 endpoints) so that
+//!   msrestazure's `ServicePrincipalCredentials` and azure-identity work unmodified.
+//! - [`auth`]: bearer-token checking (signed JWTs and long-lived API tokens) and the
+//!   credential helpers `batchai admin` uses.
+//! - [`lro`]: the long-running-operation engine that finishes creates, deletes and terminates,
+//!   durably, whichever server process picks them up.
+
+pub mod arm;
+pub mod auth;
+mod error;
+pub mod lro;
+pub mod token_service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use batchai_store::Store;
+use tokio::sync::Notify;
+
+pub use error::Error;
+
+/// Settings of the API layer (the binary's config module fills them).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Hold every long-running operation this long before running it (demos and restart tests).
+    pub lro_delay: Duration,
+    /// Lifetime of access tokens from the token service.
+    pub token_lifetime: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Base URL for absolute links when set; otherwise taken from the request's Host header.
+    pub public_url: Option<String>,
+    /// Limits reported by usages (informational: on-prem capacity is the node pool).
+    pub quota_clusters: i64,
+    pub quota_vcpus: i64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            lro_delay: Duration::ZERO,
+            token_lifetime: Duration::from_secs(3600),
+            max_body_bytes: 4 * 1024 * 1024,
+            public_url: None,
+            quota_clusters: 100,
+            quota_vcpus: 10_000,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub settings: Arc<ApiSettings>,
+    pub keys: Arc<auth::Keys>,
+    /// Woken whenever an operation is recorded, so the runner starts it at once.
+    pub ops_wake: Arc<Notify>,
+}
+
+impl AppState {
+    /// Loads (or creates, once) the signing key and tenant id from the store.
+    pub async fn new(store: Arc<dyn Store>, settings: ApiSettings) -> Result<Self, batchai_store::StoreError> {
+        let keys = auth::Keys::load(store.as_ref()).await?;
+        Ok(Self { store, settings: Arc::new(settings), keys: Arc::new(keys), ops_wake: Arc::new(Notify::new()) })
+    }
+}
+
+/// Which listener a request came in on; absolute links use its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// The whole HTTP application for a listener of `scheme`.
+pub fn router(state: AppState, scheme: Scheme) -> Router {
+    token_service::routes()
+        .fallback(arm::handle)
+        .with_state(state)
+        .layer(middleware::from_fn(request_ids))
+        .layer(axum::Extension(scheme))
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
+static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-request-id");
+static CORRELATION_ID: HeaderName = HeaderName::from_static("x-ms-correlation-request-id");
+
+/// Every response carries `x-ms-request-id` and echoes `x-ms-client-request-id` exactly.
+async fn request_ids(req: Request, next: Next) -> Response {
+    let client_id = req.headers().get(&CLIENT_REQUEST_ID).cloned();
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("request", request.id = %request_id, method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(status = res.status().as_u16(), duration_ms = started.elapsed().as_millis() as u64, "served")
+    });
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert(REQUEST_ID.clone(), v.clone());
+        h.insert(CORRELATION_ID.clone(), v);
+    }
+    if let Some(v) = client_id {
+        h.insert(CLIENT_REQUEST_ID.clone(), v);
+    }
+    res
+}

@@ -33,6 +33,7 @@ pub enum ErrorCode {
     Conflict,
     ResourceBeingDeleted,
     MethodNotAllowed,
+    FeatureNotSupported,
     InternalServerError,
     ServiceUnavailable,
 }
@@ -64,6 +65,7 @@ impl ErrorCode {
             Conflict => "Conflict",
             ResourceBeingDeleted => "ResourceBeingDeleted",
             MethodNotAllowed => "MethodNotAllowed",
+            FeatureNotSupported => "FeatureNotSupported",
             InternalServerError => "InternalServerError",
             ServiceUnavailable => "ServiceUnavailable",
         }
@@ -76,7 +78,8 @@ impl ErrorCode {
             | InvalidApiVersionParameter
             | InvalidParameter
             | InvalidRequestContent
-            | InvalidResourceName => 400,
+            | InvalidResourceName
+            | FeatureNotSupported => 400,
             UnsupportedMediaType => 415,
             RequestEntityTooLarge => 413,
             InvalidAuthenticationToken | AuthenticationFailed => 401,

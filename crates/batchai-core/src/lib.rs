@@ -13,5 +13,6 @@ pub mod names;
 pub mod state;
 pub mod time;
 pub mod validate;
+pub mod vm_sizes;
 
 pub use error::{ApiError, ErrorCode};

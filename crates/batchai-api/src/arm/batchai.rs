@@ -1,0 +1,458 @@
+//! Microsoft.BatchAI 2018-05-01: workspaces, experiments, clusters, jobs, usages, operations.
+//! Handlers parse into core types, validate, call the store, render.
+
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use batchai_core::ids::{Kind, ResourceRef};
+use batchai_core::models::{ClusterSpec, ClusterUpdate, JobSpec, scale_defaults};
+use batchai_core::names::{NameKind, ResourceName};
+use batchai_core::state::{AllocationState, ProvisioningState};
+use batchai_core::{ApiError, ErrorCode, validate, vm_sizes};
+use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, Scope, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::resources::{being_deleted, check_tags, list_page, load_group, new_resource};
+use super::route::{JobAction, Route};
+use super::{Ctx, method_not_allowed, ok, paging, render};
+use crate::{Error, lro};
+
+pub(super) async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response, Error> {
+    use Method as M;
+    use Route as R;
+    let m = ctx.method.clone();
+    match (m, route) {
+        (M::GET, R::ProviderOperations) => Ok(ok(json!({ "value": operations() }))),
+        (M::GET, R::Usages { sub, location }) => usages(ctx, &sub, &location).await,
+        (M::GET, route @ R::BatchOperation { .. }) => lro::poll(ctx, &route).await,
+        (M::GET, R::WorkspacesBySubscription { sub }) => {
+            list_page(ctx, Kind::Workspace, Scope::Subscription(sub.to_lowercase()), paging::page(ctx)?).await
+        }
+        (M::GET, R::Workspaces { sub, rg }) => {
+            let rg = group(&sub, &rg)?;
+            let scope = Scope::ResourceGroup { subscription: sub.to_lowercase(), rg_key: rg.resource_group.key() };
+            list_page(ctx, Kind::Workspace, scope, paging::page(ctx)?).await
+        }
+        (m, R::Workspace { sub, rg, ws }) => {
+            let r = group(&sub, &rg)?.child(Kind::Workspace, name(&ws, Kind::Workspace)?);
+            match m {
+                M::PUT => put_workspace(ctx, &r).await,
+                M::PATCH => patch_workspace(ctx, &r).await,
+                M::GET => get(ctx, &r).await,
+                M::DELETE => delete(ctx, &r).await,
+                _ => Err(method_not_allowed(ctx)),
+            }
+        }
+        (M::GET, R::Experiments { sub, rg, ws }) => children(ctx, &workspace(&sub, &rg, &ws)?, Kind::Experiment).await,
+        (m, R::Experiment { sub, rg, ws, exp }) => {
+            let r = workspace(&sub, &rg, &ws)?.child(Kind::Experiment, name(&exp, Kind::Experiment)?);
+            match m {
+                M::PUT => put_experiment(ctx, &r).await,
+                M::GET => get(ctx, &r).await,
+                M::DELETE => delete(ctx, &r).await,
+                _ => Err(method_not_allowed(ctx)),
+            }
+        }
+        (M::GET, R::Jobs { sub, rg, ws, exp }) => {
+            let e = workspace(&sub, &rg, &ws)?.child(Kind::Experiment, name(&exp, Kind::Experiment)?);
+            children(ctx, &e, Kind::Job).await
+        }
+        (m, R::Job { sub, rg, ws, exp, job }) => {
+            let r = job_ref(&sub, &rg, &ws, &exp, &job)?;
+            match m {
+                M::PUT => put_job(ctx, &r).await,
+                M::GET => get(ctx, &r).await,
+                M::DELETE => delete(ctx, &r).await,
+                _ => Err(method_not_allowed(ctx)),
+            }
+        }
+        (M::POST, R::JobAction { sub, rg, ws, exp, job, action }) => {
+            let r = job_ref(&sub, &rg, &ws, &exp, &job)?;
+            match action {
+                JobAction::Terminate => terminate(ctx, &r).await,
+                JobAction::ListOutputFiles => list_output_files(ctx, &r).await,
+                JobAction::ListRemoteLoginInformation => {
+                    load(ctx, &r).await?;
+                    Ok(ok(paging::list_body(ctx, Vec::new(), 1000, None)))
+                }
+            }
+        }
+        (M::GET, R::Clusters { sub, rg, ws }) => children(ctx, &workspace(&sub, &rg, &ws)?, Kind::Cluster).await,
+        (m, R::Cluster { sub, rg, ws, cluster }) => {
+            let r = workspace(&sub, &rg, &ws)?.child(Kind::Cluster, name(&cluster, Kind::Cluster)?);
+            match m {
+                M::PUT => put_cluster(ctx, &r).await,
+                M::PATCH => patch_cluster(ctx, &r).await,
+                M::GET => get(ctx, &r).await,
+                M::DELETE => delete(ctx, &r).await,
+                _ => Err(method_not_allowed(ctx)),
+            }
+        }
+        (M::POST, R::ClusterRemoteLogin { sub, rg, ws, cluster }) => {
+            let r = workspace(&sub, &rg, &ws)?.child(Kind::Cluster, name(&cluster, Kind::Cluster)?);
+            load(ctx, &r).await?;
+            Ok(ok(paging::list_body(ctx, Vec::new(), 1000, None)))
+        }
+        (M::GET, R::FileServers { sub, rg, ws }) => {
+            load(ctx, &workspace(&sub, &rg, &ws)?).await?;
+            Ok(ok(json!({ "value": [] })))
+        }
+        (m, R::FileServer { sub, rg, ws, fs }) => {
+            let r = workspace(&sub, &rg, &ws)?.child(Kind::FileServer, name(&fs, Kind::FileServer)?);
+            match m {
+                M::GET => Err(not_found(ctx, &r).await),
+                M::DELETE => Ok(StatusCode::NO_CONTENT.into_response()),
+                M::PUT => Err(ApiError::new(
+                    ErrorCode::FeatureNotSupported,
+                    "File servers are not available on this server yet; mount an NFS export with \
+                     unmanagedFileSystems instead.",
+                )
+                .into()),
+                _ => Err(method_not_allowed(ctx)),
+            }
+        }
+        _ => Err(method_not_allowed(ctx)),
+    }
+}
+
+fn name(raw: &str, kind: Kind) -> Result<ResourceName, ApiError> {
+    ResourceName::parse(raw, kind.name_kind())
+}
+
+fn group(sub: &str, rg: &str) -> Result<ResourceRef, ApiError> {
+    Ok(ResourceRef::resource_group(sub, name(rg, Kind::ResourceGroup)?))
+}
+
+fn workspace(sub: &str, rg: &str, ws: &str) -> Result<ResourceRef, ApiError> {
+    Ok(group(sub, rg)?.child(Kind::Workspace, name(ws, Kind::Workspace)?))
+}
+
+fn job_ref(sub: &str, rg: &str, ws: &str, exp: &str, job: &str) -> Result<ResourceRef, ApiError> {
+    Ok(workspace(sub, rg, ws)?
+        .child(Kind::Experiment, name(exp, Kind::Experiment)?)
+        .child(Kind::Job, name(job, Kind::Job)?))
+}
+
+/// The 404 for `r`: `ResourceGroupNotFound` when the group itself is missing, as ARM's front
+/// door answers, else `<Kind>NotFound`.
+async fn not_found(ctx: &Ctx, r: &ResourceRef) -> Error {
+    if let Err(e) = load_group(ctx, &r.resource_group_ref()).await {
+        return e;
+    }
+    ApiError::new(r.kind.not_found_code(), format!("The specified {} {} is not found", r.kind.noun(), r.name)).into()
+}
+
+async fn load(ctx: &Ctx, r: &ResourceRef) -> Result<ResourceRow, Error> {
+    match ctx.state.store.get_resource(&r.key()).await? {
+        Some(row) => Ok(row),
+        None => Err(not_found(ctx, r).await),
+    }
+}
+
+/// The parent of a resource about to be created; it must exist and not be being deleted.
+async fn require_parent(ctx: &Ctx, r: &ResourceRef) -> Result<ResourceRow, Error> {
+    let parent = r.parent().ok_or_else(ApiError::internal)?;
+    let row = load(ctx, &parent).await?;
+    if row.provisioning_state == ProvisioningState::Deleting {
+        return Err(being_deleted(&row).into());
+    }
+    Ok(row)
+}
+
+async fn get(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    Ok(ok(render::resource(&load(ctx, r).await?)))
+}
+
+async fn children(ctx: &Ctx, parent: &ResourceRef, kind: Kind) -> Result<Response, Error> {
+    let page = paging::page(ctx)?;
+    load(ctx, parent).await?;
+    list_page(ctx, kind, Scope::Parent(parent.key()), page).await
+}
+
+/// Maps the store's insert outcome for a resource of `r`'s kind.
+fn insert_error(r: &ResourceRef, e: StoreError) -> Error {
+    match e {
+        StoreError::Conflict => ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "The {} '{}' already exists; delete it first{}.",
+                r.kind.noun(),
+                r.name,
+                if r.kind == Kind::Cluster { " or resize it with PATCH" } else { "" }
+            ),
+        )
+        .into(),
+        other => other.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct WorkspaceBody {
+    location: String,
+    #[serde(default)]
+    tags: Option<Value>,
+}
+
+async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let body: WorkspaceBody = validate::parse_json(&ctx.body, "")?;
+    ResourceName::parse(&body.location, NameKind::Location).map_err(|e| ApiError::invalid("location", e.message))?;
+    check_tags(&body.tags, "tags")?;
+    let tags = body.tags.filter(|t| !t.is_null());
+    let group = load_group(ctx, &r.resource_group_ref()).await?;
+    if group.provisioning_state == ProvisioningState::Deleting {
+        return Err(being_deleted(&group).into());
+    }
+    if let Some(existing) = ctx.state.store.get_resource(&r.key()).await? {
+        if existing.provisioning_state == ProvisioningState::Deleting {
+            return Err(being_deleted(&existing).into());
+        }
+        if !existing.location.as_deref().unwrap_or_default().eq_ignore_ascii_case(&body.location) {
+            return Err(ApiError::invalid(
+                "location",
+                format!("The workspace exists in location '{}'.", existing.location.unwrap_or_default()),
+            )
+            .into());
+        }
+        ctx.state.store.update_tags(&existing.key, &tags.unwrap_or_else(|| json!({}))).await?;
+        return get(ctx, r).await;
+    }
+    let new = new_resource(r, Some(body.location), tags, None, ProvisioningState::Succeeded);
+    ctx.state.store.insert_resource(&new, None).await.map_err(|e| insert_error(r, e))?;
+    get(ctx, r).await
+}
+
+async fn patch_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let row = load(ctx, r).await?;
+    let body = ctx.json_body()?.unwrap_or_else(|| json!({}));
+    let tags = body.get("tags").cloned();
+    check_tags(&tags, "tags")?;
+    if let Some(tags) = tags.filter(|t| !t.is_null())
+        && !ctx.state.store.update_tags(&row.key, &tags).await?
+    {
+        return Err(being_deleted(&row).into());
+    }
+    get(ctx, r).await
+}
+
+async fn put_experiment(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    // The spec has no body; the SDK sends none and the spec example sends `{"properties":{}}`.
+    ctx.json_body()?;
+    let ws = require_parent(ctx, r).await?;
+    if let Some(existing) = ctx.state.store.get_resource(&r.key()).await? {
+        if existing.provisioning_state == ProvisioningState::Deleting {
+            return Err(being_deleted(&existing).into());
+        }
+        return Ok(ok(render::resource(&existing)));
+    }
+    let new = new_resource(r, ws.location, None, None, ProvisioningState::Succeeded);
+    match ctx.state.store.insert_resource(&new, None).await {
+        Ok(()) | Err(StoreError::Conflict) => get(ctx, r).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+struct Create<T> {
+    properties: T,
+}
+
+/// A cluster's target size at creation: manual target, or autoScale's initial count.
+fn initial_target(spec: &ClusterSpec) -> i32 {
+    let s = spec.scale_settings.as_ref();
+    s.and_then(|s| s.manual.as_ref().map(|m| m.target_node_count))
+        .or_else(|| s.and_then(|s| s.auto_scale.as_ref().and_then(|a| a.initial_node_count)))
+        .unwrap_or(0)
+}
+
+async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let body: Create<ClusterSpec> = validate::parse_json(&ctx.body, "")?;
+    let mut spec = body.properties;
+    validate::cluster(&spec)?;
+    let ws = require_parent(ctx, r).await?;
+    let location = ws.location.clone().unwrap_or_else(|| "local".into());
+    let mut new = new_resource(r, None, None, None, ProvisioningState::Creating);
+    spec.apply_defaults(&format!(
+        "{}/{}/workspaces/{}/clusters/{}/{}",
+        r.subscription,
+        r.resource_group,
+        r.workspace.as_ref().map(ToString::to_string).unwrap_or_default(),
+        r.name,
+        new.uid
+    ));
+    let allocation = if initial_target(&spec) > 0 { AllocationState::Resizing } else { AllocationState::Steady };
+    new.cluster = Some(NewCluster { vm_size: spec.vm_size.clone(), allocation_state: allocation });
+    new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
+    let op = lro::new_operation(ctx, OperationKind::Create, r, &location);
+    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
+    ctx.state.ops_wake.notify_one();
+    tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
+    Ok(lro::accepted(ctx, &op))
+}
+
+async fn patch_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let body: Create<ClusterUpdate> = validate::parse_json(&ctx.body, "")?;
+    let row = load(ctx, r).await?;
+    let Some(mut scale) = body.properties.scale_settings else { return get(ctx, r).await };
+    validate::scale_settings(&scale, "properties.")?;
+    scale_defaults(&mut scale);
+    let mut spec: ClusterSpec =
+        row.spec.clone().and_then(|s| serde_json::from_value(s).ok()).ok_or_else(ApiError::internal)?;
+    spec.scale_settings = Some(scale);
+    let current = row.cluster.as_ref().map(|c| c.current_node_count).unwrap_or(0);
+    let target = match spec.scale_settings.as_ref().and_then(|s| s.manual.as_ref()) {
+        Some(m) => m.target_node_count,
+        // Autoscale sizes itself to the queue; until the scheduler acts it is resizing only
+        // when the current size is outside the bounds.
+        None => {
+            let a = spec.scale_settings.as_ref().and_then(|s| s.auto_scale.as_ref()).ok_or_else(ApiError::internal)?;
+            current.clamp(a.minimum_node_count, a.maximum_node_count)
+        }
+    };
+    let allocation = if target == current { AllocationState::Steady } else { AllocationState::Resizing };
+    let spec_json = serde_json::to_value(&spec).map_err(|_| ApiError::internal())?;
+    if !ctx.state.store.update_cluster_spec(&row.key, &spec_json, allocation, batchai_core::time::now_millis()).await? {
+        return Err(being_deleted(&row).into());
+    }
+    get(ctx, r).await
+}
+
+async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let body: Create<JobSpec> = validate::parse_json(&ctx.body, "")?;
+    let mut spec = body.properties;
+    let (tool, cluster, priority, wall_secs) = validate::job(&spec)?;
+    let exp = require_parent(ctx, r).await?;
+    let cluster_row = ctx.state.store.get_resource(&cluster.key()).await?;
+    if cluster_row.as_ref().is_none_or(|c| c.provisioning_state == ProvisioningState::Deleting) {
+        return Err(ApiError::invalid(
+            "properties.cluster.id",
+            format!("The cluster '{}' does not exist or is being deleted.", spec.cluster.id),
+        )
+        .into());
+    }
+    spec.apply_defaults();
+    let mut new = new_resource(r, None, None, None, ProvisioningState::Creating);
+    new.job = Some(NewJob {
+        cluster_key: cluster.key(),
+        priority: priority.rank(),
+        node_count: spec.node_count,
+        tool_type: tool.as_str().into(),
+        max_wall_clock_secs: wall_secs as i64,
+    });
+    new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
+    let op = lro::new_operation(ctx, OperationKind::Create, r, exp.location.as_deref().unwrap_or("local"));
+    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
+    ctx.state.ops_wake.notify_one();
+    tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");
+    Ok(lro::accepted(ctx, &op))
+}
+
+async fn delete(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let Some(row) = ctx.state.store.get_resource(&r.key()).await? else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let location = location_of(ctx, &row).await?;
+    let op = lro::new_operation(ctx, OperationKind::Delete, r, &location);
+    if !ctx.state.store.begin_delete(&row.key, &op).await? {
+        // Already being deleted: a second operation finishes the same (idempotent) work.
+        ctx.state.store.insert_operation(&op).await?;
+    }
+    ctx.state.ops_wake.notify_one();
+    Ok(lro::accepted(ctx, &op))
+}
+
+/// The location of a resource's workspace (operation URLs are per location).
+async fn location_of(ctx: &Ctx, row: &ResourceRow) -> Result<String, Error> {
+    if let Some(l) = &row.location {
+        return Ok(l.clone());
+    }
+    let mut key = row.parent_key.clone();
+    loop {
+        let Some(parent) = ctx.state.store.get_resource(&key).await? else { return Ok("local".into()) };
+        if let Some(l) = parent.location {
+            return Ok(l);
+        }
+        key = parent.parent_key;
+    }
+}
+
+async fn terminate(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let row = load(ctx, r).await?;
+    let location = location_of(ctx, &row).await?;
+    let op = lro::new_operation(ctx, OperationKind::Terminate, r, &location);
+    ctx.state.store.insert_operation(&op).await?;
+    ctx.state.ops_wake.notify_one();
+    Ok(lro::accepted(ctx, &op))
+}
+
+async fn list_output_files(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let row = load(ctx, r).await?;
+    let dir_id = ctx
+        .param("outputdirectoryid")
+        .ok_or_else(|| ApiError::invalid("outputdirectoryid", "The outputdirectoryid query parameter is required."))?;
+    let spec: JobSpec = row.spec.clone().and_then(|s| serde_json::from_value(s).ok()).ok_or_else(ApiError::internal)?;
+    let declared = dir_id.eq_ignore_ascii_case("stdouterr")
+        || spec.output_directories.iter().flatten().any(|d| d.id.eq_ignore_ascii_case(dir_id));
+    if !declared {
+        return Err(ApiError::invalid(
+            "outputdirectoryid",
+            format!("The job has no output directory '{dir_id}'; use 'stdouterr' or an id from outputDirectories."),
+        )
+        .into());
+    }
+    if let Some(raw) = ctx.param("linkexpiryinminutes") {
+        raw.parse::<i32>().ok().filter(|m| (5..=600).contains(m)).ok_or_else(|| {
+            ApiError::invalid("linkexpiryinminutes", format!("linkexpiryinminutes must be 5 to 600, got '{raw}'"))
+        })?;
+    }
+    let directory = ctx.param("directory").unwrap_or(".");
+    if directory.starts_with('/') || directory.split(['/', '\\']).any(|s| s == "..") {
+        return Err(ApiError::invalid("directory", "directory must be a path inside the output directory").into());
+    }
+    let page = paging::page(ctx)?;
+    // No node has written anything yet: files appear once jobs run (the node agents).
+    Ok(ok(paging::list_body(ctx, Vec::new(), page.size, None)))
+}
+
+fn operations() -> Value {
+    serde_json::from_str(include_str!("operations.json")).unwrap_or_else(|_| json!([]))
+}
+
+/// Quota usage of the subscription: clusters and vCPUs of their target sizes, per family.
+async fn usages(ctx: &Ctx, sub: &str, location: &str) -> Result<Response, Error> {
+    ResourceName::parse(location, NameKind::Location)?;
+    let mut after = None;
+    let mut clusters = 0i64;
+    let mut dedicated: std::collections::HashMap<&str, i64> = Default::default();
+    let mut low: std::collections::HashMap<&str, i64> = Default::default();
+    loop {
+        let q = ListQuery { kind: Kind::Cluster, scope: Scope::Subscription(sub.to_lowercase()), after, limit: 500 };
+        let rows = ctx.state.store.list_resources(&q).await?;
+        for row in &rows {
+            clusters += 1;
+            let Some(spec) = row.spec.clone().and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok()) else {
+                continue;
+            };
+            let Some(size) = vm_sizes::find(&spec.vm_size) else { continue };
+            let nodes = i64::from(initial_target(&spec).max(row.cluster.as_ref().map_or(0, |c| c.current_node_count)));
+            let bucket = if spec.vm_priority.as_deref() == Some("lowpriority") { &mut low } else { &mut dedicated };
+            *bucket.entry(size.family).or_default() += nodes * i64::from(size.cores);
+        }
+        if rows.len() < 500 {
+            break;
+        }
+        after = rows.last().map(|r| r.key.clone());
+    }
+    let limits = &ctx.state.settings;
+    let usage = |name: String, current: i64, limit: i64| {
+        json!({"unit": "Count", "currentValue": current, "limit": limit, "name": {"value": name, "localizedValue": name}})
+    };
+    let mut value = vec![usage("Clusters".into(), clusters, limits.quota_clusters)];
+    for (kind, bucket) in [("Dedicated", &dedicated), ("LowPriority", &low)] {
+        value.push(usage(format!("Total Cluster {kind} Regional vCPUs"), bucket.values().sum(), limits.quota_vcpus));
+        for family in vm_sizes::FAMILIES {
+            let current = bucket.get(family).copied().unwrap_or(0);
+            value.push(usage(format!("Standard {family} Family Cluster {kind} vCPUs"), current, limits.quota_vcpus));
+        }
+    }
+    Ok(ok(json!({ "value": value })))
+}

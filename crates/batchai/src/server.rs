@@ -1,0 +1,140 @@
+//! `batchai server`: binds the listeners, starts the operation runner, prints where clients
+//! connect, and shuts down gracefully on SIGTERM or Ctrl-C.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use batchai_api::{AppState, Scheme};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::tls;
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
+    let store = batchai_store::connect(&cfg.database_url()).await.context("opening the database")?;
+    tracing::info!(backend = store.backend(), "database ready");
+    let state = AppState::new(store, cfg.api_settings()).await?;
+
+    let tls = tls::ensure(&data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rustls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .context("loading the TLS certificate")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let https = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
+    https.set_nonblocking(true)?;
+    let https_addr = https.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let https_app = batchai_api::router(state.clone(), Scheme::Https);
+    let https_task = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            axum_server::from_tcp_rustls(https, rustls_config)?
+                .handle(handle)
+                .serve(https_app.into_make_service())
+                .await
+        }
+    });
+
+    let mut http_url = None;
+    let mut http_task = None;
+    if let Some(addr) = cfg.http_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        http_url = Some(format!("http://{local}"));
+        let app = batchai_api::router(state.clone(), Scheme::Http);
+        let mut stop = stop_rx.clone();
+        http_task = Some(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+    let runner = tokio::spawn(batchai_api::lro::run(state.clone(), stop_rx.clone()));
+
+    let https_url = format!("https://{https_addr}");
+    let ca = tls.ca.display().to_string();
+    let fingerprint = tls::fingerprint(&tls.ca).unwrap_or_default();
+    println!("batchai server listening on {https_url} (ARM API and token service)");
+    if let Some(u) = &http_url {
+        println!("plain HTTP (loopback) on {u}");
+    }
+    println!("trust this CA certificate: {ca}");
+    println!("CA SHA-256 fingerprint: {fingerprint}");
+    println!("tenant: {}", state.keys.tenant);
+    bootstrap(&state, &cfg, &data_dir, &https_url, &ca).await?;
+    println!(
+        "BATCHAI_READY {}",
+        json!({"https_url": https_url, "http_url": http_url, "ca_cert": ca, "tenant": state.keys.tenant})
+    );
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    let _ = https_task.await;
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    let _ = runner.await;
+    Ok(())
+}
+
+/// On the very first start of an installation, creates a service principal and an API token
+/// for the bootstrap subscription, prints them once and writes them to `bootstrap.env`
+/// (mode 0600) in the data dir.
+async fn bootstrap(state: &AppState, cfg: &Config, data_dir: &std::path::Path, url: &str, ca: &str) -> anyhow::Result<()> {
+    let claim = uuid::Uuid::new_v4().to_string();
+    if state.store.meta_get_or_insert("bootstrapped", &claim).await? != claim {
+        return Ok(());
+    }
+    let store = state.store.as_ref();
+    let subs = [cfg.bootstrap_subscription.clone()];
+    let (p, secret) = batchai_api::auth::create_principal(store, "bootstrap", &subs).await?;
+    let (_, token) = batchai_api::auth::create_api_token(store, "bootstrap", &subs, None).await?;
+    let env = format!(
+        "export BATCHAI_URL={url}\nexport BATCHAI_CA_CERT={ca}\nexport REQUESTS_CA_BUNDLE={ca}\n\
+         export AZURE_SUBSCRIPTION_ID={sub}\nexport AAD_TENANT={tenant}\nexport AAD_CLIENT_ID={id}\n\
+         export AAD_SECRET={secret}\nexport BATCHAI_AAD_AUTHORITY={url}/adfs\nexport BATCHAI_TOKEN={token}\n",
+        sub = subs[0],
+        tenant = state.keys.tenant,
+        id = p.client_id,
+    );
+    let path = data_dir.join("bootstrap.env");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+        f.write_all(env.as_bytes())?;
+    }
+    println!("first start: created credentials for subscription {} (shown once):", subs[0]);
+    print!("{env}");
+    println!("they are also in {} (mode 0600): `source {}`", path.display(), path.display());
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
