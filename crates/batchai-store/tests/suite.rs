@@ -1,0 +1,352 @@
+//! The store conformance suite: every test runs against SQLite and, when
+//! `BATCHAI_TEST_PG_URL` is set (always in CI), against a fresh Postgres database.
+
+use std::sync::Arc;
+
+use batchai_core::ids::{Kind, ResourceRef};
+use batchai_core::names::ResourceName;
+use batchai_core::state::{AllocationState, ExecutionState, OperationStatus, ProvisioningState};
+use batchai_store::*;
+
+/// A store factory: a fresh database each call, plus a second handle on the same database
+/// (a second "server").
+struct Db {
+    url: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    async fn open(&self) -> Arc<dyn Store> {
+        connect(&self.url).await.expect("store connects and migrates")
+    }
+}
+
+fn databases() -> Vec<Db> {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut dbs =
+        vec![Db { url: format!("sqlite://{}", tmp.path().join("t.sqlite").display()), _tmp: Some(tmp) }];
+    match std::env::var("BATCHAI_TEST_PG_URL") {
+        Ok(admin) => {
+            let name = format!("batchai_store_{}", uuid::Uuid::new_v4().simple());
+            let out = std::process::Command::new("psql")
+                .arg(&admin)
+                .arg("-qc")
+                .arg(format!("CREATE DATABASE {name}"))
+                .output()
+                .expect("psql runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let (base, _) = admin.rsplit_once('/').expect("db in URL");
+            dbs.push(Db { url: format!("{base}/{name}"), _tmp: None });
+        }
+        Err(_) if std::env::var("CI").is_ok() => panic!("CI needs BATCHAI_TEST_PG_URL for the Postgres half"),
+        Err(_) => {}
+    }
+    dbs
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            for db in super::databases() {
+                super::$name(&db).await;
+            }
+        }
+    )*};
+}
+
+mod both {
+    suite!(
+        meta_first_writer_wins,
+        principals_and_tokens,
+        insert_conflicts_and_parent_checks,
+        lists_page_in_key_order_per_scope,
+        guarded_transitions_have_one_winner,
+        delete_cascades_to_the_subtree,
+        operations_are_claimed_once_across_servers,
+        expired_leases_are_reclaimed,
+    );
+}
+
+fn name(s: &str, k: Kind) -> ResourceName {
+    ResourceName::parse(s, k.name_kind()).expect("valid name")
+}
+
+const SUB: &str = "sub-1";
+
+fn rg(n: &str) -> ResourceRef {
+    ResourceRef::resource_group(SUB, name(n, Kind::ResourceGroup))
+}
+
+fn new(r: &ResourceRef, state: ProvisioningState) -> NewResource {
+    NewResource {
+        key: r.key(),
+        kind: r.kind,
+        subscription_id: SUB.into(),
+        rg_key: r.resource_group.key(),
+        ws_key: match r.kind {
+            Kind::Workspace => r.name.key(),
+            _ => r.workspace.as_ref().map(|w| w.key()).unwrap_or_default(),
+        },
+        exp_key: match r.kind {
+            Kind::Experiment => r.name.key(),
+            _ => r.experiment.as_ref().map(|e| e.key()).unwrap_or_default(),
+        },
+        parent_key: r.parent().map(|p| p.key()).unwrap_or_else(|| format!("/subscriptions/{SUB}")),
+        arm_id: r.id(),
+        name: r.name.to_string(),
+        uid: uuid::Uuid::new_v4().to_string(),
+        location: Some("eastus".into()),
+        tags: None,
+        spec: Some(serde_json::json!({"k": "v"})),
+        provisioning_state: state,
+        now: 1_000,
+        job: (r.kind == Kind::Job).then(|| NewJob {
+            cluster_key: "c".into(),
+            priority: 1,
+            node_count: 1,
+            tool_type: "custom".into(),
+            max_wall_clock_secs: 60,
+        }),
+        cluster: (r.kind == Kind::Cluster)
+            .then(|| NewCluster { vm_size: "STANDARD_NC6".into(), allocation_state: AllocationState::Resizing }),
+    }
+}
+
+fn op(id: &str, r: &ResourceRef, kind: OperationKind, run_after: i64) -> Operation {
+    Operation {
+        id: id.into(),
+        subscription_id: SUB.into(),
+        location: "eastus".into(),
+        kind,
+        resource_kind: r.kind,
+        resource_key: r.key(),
+        resource_id: r.id(),
+        dollar_id: r.dollar_id(),
+        status: OperationStatus::InProgress,
+        error_code: None,
+        error_message: None,
+        started_at: 1_000,
+        ended_at: None,
+        run_after,
+        attempts: 0,
+    }
+}
+
+/// rg/ws/exp/job and rg/ws/cluster.
+async fn tree(s: &dyn Store, rg_name: &str) -> (ResourceRef, ResourceRef, ResourceRef, ResourceRef, ResourceRef) {
+    let g = rg(rg_name);
+    let ws = g.child(Kind::Workspace, name("ws", Kind::Workspace));
+    let exp = ws.child(Kind::Experiment, name("exp", Kind::Experiment));
+    let job = exp.child(Kind::Job, name("job", Kind::Job));
+    let cl = ws.child(Kind::Cluster, name("cl", Kind::Cluster));
+    for r in [&g, &ws, &exp, &job, &cl] {
+        s.insert_resource(&new(r, ProvisioningState::Succeeded), None).await.expect("insert");
+    }
+    (g, ws, exp, job, cl)
+}
+
+async fn meta_first_writer_wins(db: &Db) {
+    let s = db.open().await;
+    assert_eq!(s.meta_get_or_insert("k", "first").await.unwrap(), "first");
+    assert_eq!(s.meta_get_or_insert("k", "second").await.unwrap(), "first");
+    let other = db.open().await;
+    assert_eq!(other.meta_get_or_insert("k", "third").await.unwrap(), "first");
+}
+
+async fn principals_and_tokens(db: &Db) {
+    let s = db.open().await;
+    s.ensure_subscription(SUB, 1).await.unwrap();
+    s.ensure_subscription(SUB, 2).await.unwrap();
+    assert_eq!(s.get_subscription(SUB).await.unwrap().unwrap().created_at, 1);
+    let p = Principal {
+        client_id: "c1".into(),
+        name: "n".into(),
+        secret_hash: "h".into(),
+        subscriptions: vec![SUB.into()],
+        created_at: 5,
+    };
+    s.create_principal(&p).await.unwrap();
+    assert!(matches!(s.create_principal(&p).await, Err(StoreError::Conflict)));
+    assert_eq!(s.get_principal("c1").await.unwrap(), Some(p.clone()));
+    assert_eq!(s.list_principals().await.unwrap(), vec![p]);
+    assert!(s.delete_principal("c1").await.unwrap());
+    assert!(!s.delete_principal("c1").await.unwrap());
+    let t = ApiToken {
+        id: "t1".into(),
+        name: "n".into(),
+        token_hash: "th".into(),
+        subscriptions: vec![SUB.into()],
+        created_at: 1,
+        expires_at: Some(99),
+        revoked_at: None,
+    };
+    s.create_token(&t).await.unwrap();
+    assert_eq!(s.find_token("th").await.unwrap(), Some(t));
+    assert!(s.revoke_token("t1", 7).await.unwrap());
+    assert!(!s.revoke_token("t1", 8).await.unwrap(), "revoking twice is refused");
+    assert_eq!(s.find_token("th").await.unwrap().unwrap().revoked_at, Some(7));
+    s.set_provider_state(SUB, "microsoft.batchai", "Registered").await.unwrap();
+    assert_eq!(s.provider_state(SUB, "microsoft.batchai").await.unwrap().as_deref(), Some("Registered"));
+}
+
+async fn insert_conflicts_and_parent_checks(db: &Db) {
+    let s = db.open().await;
+    let (g, ws, ..) = tree(s.as_ref(), "rg").await;
+    let again = new(&ws, ProvisioningState::Succeeded);
+    assert!(matches!(s.insert_resource(&again, None).await, Err(StoreError::Conflict)));
+    let orphan = rg("missing").child(Kind::Workspace, name("w2", Kind::Workspace));
+    assert!(matches!(s.insert_resource(&new(&orphan, ProvisioningState::Succeeded), None).await, Err(StoreError::ParentGone)));
+    // A parent being deleted takes no children, and the failed insert leaves no operation.
+    let del = op("del-rg", &g, OperationKind::Delete, 0);
+    assert!(s.begin_delete(&g.key(), &del).await.unwrap());
+    let late = g.child(Kind::Workspace, name("late", Kind::Workspace));
+    let create = op("create-late", &late, OperationKind::Create, 0);
+    assert!(matches!(
+        s.insert_resource(&new(&late, ProvisioningState::Creating), Some(&create)).await,
+        Err(StoreError::ParentGone)
+    ));
+    assert!(s.get_operation("create-late").await.unwrap().is_none());
+    let row = s.get_resource(&ws.key()).await.unwrap().unwrap();
+    assert_eq!(row.arm_id, ws.id());
+    assert_eq!(row.spec, Some(serde_json::json!({"k": "v"})));
+}
+
+async fn lists_page_in_key_order_per_scope(db: &Db) {
+    let s = db.open().await;
+    let (g, ws, exp, ..) = tree(s.as_ref(), "rg").await;
+    for i in 0..25 {
+        let j = exp.child(Kind::Job, name(&format!("j{i:02}"), Kind::Job));
+        s.insert_resource(&new(&j, ProvisioningState::Succeeded), None).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let q = ListQuery { kind: Kind::Job, scope: Scope::Parent(exp.key()), after: after.clone(), limit: 10 };
+        let page = s.list_resources(&q).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.key.clone());
+        seen.extend(page.into_iter().map(|r| r.name));
+    }
+    assert_eq!(seen.len(), 26, "25 jobs + the tree's one");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted);
+    let by_group = ListQuery {
+        kind: Kind::Workspace,
+        scope: Scope::ResourceGroup { subscription: SUB.into(), rg_key: g.resource_group.key() },
+        after: None,
+        limit: 100,
+    };
+    assert_eq!(s.list_resources(&by_group).await.unwrap().len(), 1);
+    let by_sub = ListQuery { kind: Kind::Workspace, scope: Scope::Subscription(SUB.into()), after: None, limit: 100 };
+    assert_eq!(s.list_resources(&by_sub).await.unwrap()[0].key, ws.key());
+}
+
+async fn guarded_transitions_have_one_winner(db: &Db) {
+    let s = db.open().await;
+    let other = db.open().await;
+    let (_, _, exp, ..) = tree(s.as_ref(), "rg").await;
+    let j = exp.child(Kind::Job, name("contended", Kind::Job));
+    s.insert_resource(&new(&j, ProvisioningState::Creating), None).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 { s.clone() } else { other.clone() };
+        let key = j.key();
+        tasks.push(tokio::spawn(async move {
+            let created = store
+                .transition_provisioning(&key, ProvisioningState::Creating, ProvisioningState::Succeeded, 2)
+                .await
+                .unwrap();
+            let outcome = JobOutcome { start_time: Some(3), now: 3, ..Default::default() };
+            let started =
+                store.transition_job(&key, ExecutionState::Queued, ExecutionState::Running, &outcome).await.unwrap();
+            (created, started)
+        }));
+    }
+    let mut created = 0;
+    let mut started = 0;
+    for t in tasks {
+        let (c, st) = t.await.unwrap();
+        created += c as i32;
+        started += st as i32;
+    }
+    assert_eq!((created, started), (1, 1), "exactly one writer wins each transition");
+    let row = s.get_resource(&j.key()).await.unwrap().unwrap();
+    let job = row.job.unwrap();
+    assert_eq!(job.execution_state, ExecutionState::Running);
+    assert_eq!(job.start_time, Some(3));
+    let fail = JobOutcome {
+        end_time: Some(4),
+        exit_code: Some(1),
+        errors: Some(vec![JobError { code: "JobFailed".into(), message: "m".into() }]),
+        now: 4,
+        ..Default::default()
+    };
+    assert!(s.transition_job(&j.key(), ExecutionState::Running, ExecutionState::Failed, &fail).await.unwrap());
+    let job = s.get_resource(&j.key()).await.unwrap().unwrap().job.unwrap();
+    assert_eq!((job.start_time, job.end_time, job.exit_code), (Some(3), Some(4), Some(1)), "earlier fields kept");
+    assert_eq!(job.errors[0].code, "JobFailed");
+}
+
+async fn delete_cascades_to_the_subtree(db: &Db) {
+    let s = db.open().await;
+    let (g, ws, exp, job, cl) = tree(s.as_ref(), "rg").await;
+    let (g2, ws2, ..) = tree(s.as_ref(), "rg2").await;
+    let d = op("d1", &ws, OperationKind::Delete, 0);
+    assert!(s.begin_delete(&ws.key(), &d).await.unwrap());
+    assert!(!s.begin_delete(&ws.key(), &op("d2", &ws, OperationKind::Delete, 0)).await.unwrap(), "already deleting");
+    assert_eq!(s.get_resource(&ws.key()).await.unwrap().unwrap().provisioning_state, ProvisioningState::Deleting);
+    assert!(!s.update_tags(&ws.key(), &serde_json::json!({"a": "b"})).await.unwrap(), "no updates while deleting");
+    s.delete_subtree(&ws.key(), Kind::Workspace).await.unwrap();
+    for r in [&ws, &exp, &job, &cl] {
+        assert!(s.get_resource(&r.key()).await.unwrap().is_none(), "{} gone", r.id());
+    }
+    assert!(s.get_resource(&g.key()).await.unwrap().is_some());
+    assert!(s.get_resource(&ws2.key()).await.unwrap().is_some(), "another group's workspace of the same name stays");
+    s.delete_subtree(&g2.key(), Kind::ResourceGroup).await.unwrap();
+    assert!(s.get_resource(&ws2.key()).await.unwrap().is_none());
+    s.delete_subtree(&g2.key(), Kind::ResourceGroup).await.unwrap();
+}
+
+async fn operations_are_claimed_once_across_servers(db: &Db) {
+    let a = db.open().await;
+    let b = db.open().await;
+    let g = rg("rg");
+    for i in 0..40 {
+        a.insert_operation(&op(&format!("op{i:02}"), &g, OperationKind::Delete, 0)).await.unwrap();
+    }
+    a.insert_operation(&op("later", &g, OperationKind::Delete, 10_000)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { s.claim_operations(5_000, 6_000, 7).await.unwrap() }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap().into_iter().map(|o| o.id));
+    }
+    let total = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), total, "no operation claimed twice");
+    assert_eq!(total, 40, "every due operation claimed, the later one not");
+    assert!(a.finish_operation("op00", OperationStatus::Succeeded, None, 5_500).await.unwrap());
+    assert!(!b.finish_operation("op00", OperationStatus::Failed, Some(("X", "y")), 5_600).await.unwrap());
+    assert_eq!(a.get_operation("op00").await.unwrap().unwrap().status, OperationStatus::Succeeded);
+}
+
+async fn expired_leases_are_reclaimed(db: &Db) {
+    let s = db.open().await;
+    let g = rg("rg");
+    s.insert_operation(&op("o", &g, OperationKind::Delete, 0)).await.unwrap();
+    assert_eq!(s.claim_operations(100, 200, 10).await.unwrap().len(), 1);
+    assert!(s.claim_operations(150, 250, 10).await.unwrap().is_empty(), "leased");
+    let again = s.claim_operations(200, 300, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "lease ran out: a server that died loses it");
+    assert_eq!(again[0].attempts, 2);
+    s.finish_operation("o", OperationStatus::Succeeded, None, 210).await.unwrap();
+    assert!(s.claim_operations(1_000, 2_000, 10).await.unwrap().is_empty(), "finished operations are not claimed");
+}
