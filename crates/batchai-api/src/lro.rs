@@ -49,6 +49,22 @@ pub(crate) fn new_operation(ctx: &crate::arm::Ctx, kind: OperationKind, r: &Reso
     }
 }
 
+/// The operation of a create and the state the resource starts in. A create has no work left
+/// once its row is written, so without a configured delay the operation is recorded already
+/// finished, in the same transaction (fewer writes per PUT; pollers see `Succeeded` at once).
+/// With a delay it stays `InProgress` until the runner finishes it, as demos and restart
+/// tests need.
+pub(crate) fn create_operation(ctx: &crate::arm::Ctx, r: &ResourceRef, location: &str) -> (Operation, ProvisioningState) {
+    let mut op = new_operation(ctx, OperationKind::Create, r, location);
+    if ctx.state.settings.lro_delay.is_zero() {
+        op.status = OperationStatus::Succeeded;
+        op.ended_at = Some(op.started_at);
+        (op, ProvisioningState::Succeeded)
+    } else {
+        (op, ProvisioningState::Creating)
+    }
+}
+
 fn batchai_operation_url(ctx: &crate::arm::Ctx, op: &Operation, leaf: &str) -> String {
     format!(
         "{}/subscriptions/{}/providers/Microsoft.BatchAI/locations/{}/{leaf}/{}?api-version={}",

@@ -270,7 +270,8 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     validate::cluster(&spec)?;
     let ws = require_parent(ctx, r).await?;
     let location = ws.location.clone().unwrap_or_else(|| "local".into());
-    let mut new = new_resource(r, None, None, None, ProvisioningState::Creating);
+    let (op, state) = lro::create_operation(ctx, r, &location);
+    let mut new = new_resource(r, None, None, None, state);
     spec.apply_defaults(&format!(
         "{}/{}/workspaces/{}/clusters/{}/{}",
         r.subscription,
@@ -282,7 +283,6 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let allocation = if initial_target(&spec) > 0 { AllocationState::Resizing } else { AllocationState::Steady };
     new.cluster = Some(NewCluster { vm_size: spec.vm_size.clone(), allocation_state: allocation });
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    let op = lro::new_operation(ctx, OperationKind::Create, r, &location);
     ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
     ctx.state.ops_wake.notify_one();
     tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
@@ -330,7 +330,8 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         .into());
     }
     spec.apply_defaults();
-    let mut new = new_resource(r, None, None, None, ProvisioningState::Creating);
+    let (op, state) = lro::create_operation(ctx, r, exp.location.as_deref().unwrap_or("local"));
+    let mut new = new_resource(r, None, None, None, state);
     new.job = Some(NewJob {
         cluster_key: cluster.key(),
         priority: priority.rank(),
@@ -339,7 +340,6 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         max_wall_clock_secs: wall_secs as i64,
     });
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    let op = lro::new_operation(ctx, OperationKind::Create, r, exp.location.as_deref().unwrap_or("local"));
     ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
     ctx.state.ops_wake.notify_one();
     tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");

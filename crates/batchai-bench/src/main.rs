@@ -1,0 +1,241 @@
+//! `batchai-bench`: job PUT throughput and GET latency through the real HTTP API, beside a
+//! raw sqlx insert loop of same-size rows on the same kind of database, at the same
+//! concurrency. Prints a table and our ratio to the raw rate.
+//!
+//! `cargo run --release -p batchai-bench -- --backend sqlite`
+//! `cargo run --release -p batchai-bench -- --backend postgres --pg-url postgres://…/postgres`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// sqlite or postgres.
+    #[arg(long, default_value = "sqlite")]
+    backend: String,
+    /// A superuser URL; each run creates fresh databases next to it.
+    #[arg(long, env = "BATCHAI_TEST_PG_URL")]
+    pg_url: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Jobs to PUT (and raw rows to insert).
+    #[arg(long, default_value_t = 4000)]
+    jobs: usize,
+    /// GETs in the latency phase.
+    #[arg(long, default_value_t = 8000)]
+    gets: usize,
+}
+
+const SUB: &str = "00000000-0000-0000-0000-0000000000be";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir()?;
+    let (api_url, raw_url) = match args.backend.as_str() {
+        "sqlite" => (
+            format!("sqlite://{}", tmp.path().join("api.sqlite").display()),
+            format!("sqlite://{}", tmp.path().join("raw.sqlite").display()),
+        ),
+        "postgres" => {
+            let admin = args.pg_url.clone().context("--pg-url (or BATCHAI_TEST_PG_URL) is needed for postgres")?;
+            (fresh_pg(&admin).await?, fresh_pg(&admin).await?)
+        }
+        other => bail!("unknown backend {other}"),
+    };
+    let store = batchai_store::connect(&api_url).await?;
+    let state = batchai_api::AppState::new(store.clone(), batchai_api::ApiSettings::default()).await?;
+    let (_, token) = batchai_api::auth::create_api_token(store.as_ref(), "bench", &[SUB.into()], None).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = batchai_api::router(state.clone(), batchai_api::Scheme::Http);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(batchai_api::lro::run(state, stop_rx));
+
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
+    let api = Api { http, base, token };
+    let rg = format!("/subscriptions/{SUB}/resourceGroups/bench");
+    let bai = format!("{rg}/providers/Microsoft.BatchAI/workspaces/ws");
+    api.put(&format!("{rg}?api-version=2021-04-01"), &json!({"location": "eastus"})).await?;
+    api.put(&format!("{bai}?api-version=2018-05-01"), &json!({"location": "eastus"})).await?;
+    api.put(&format!("{bai}/experiments/exp?api-version=2018-05-01"), &Value::Null).await?;
+    let cluster = json!({"properties": {"vmSize": "STANDARD_NC6", "scaleSettings": {"manual": {"targetNodeCount": 1}},
+        "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"}}});
+    api.put(&format!("{bai}/clusters/c?api-version=2018-05-01"), &cluster).await?;
+    let job = json!({"properties": {
+        "cluster": {"id": format!("{bai}/clusters/c")}, "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+        "customToolkitSettings": {"commandLine": "python train.py --epochs 10 --data $AZ_BATCHAI_INPUT_DATA"},
+        "inputDirectories": [{"id": "DATA", "path": "$AZ_BATCHAI_MOUNT_ROOT/afs/data"}],
+        "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs", "pathSuffix": "models"}],
+        "environmentVariables": [{"name": "EPOCHS", "value": "10"}]}});
+    let row_bytes = job.to_string().len();
+
+    // Job PUT throughput.
+    let jobs_path = format!("{bai}/experiments/exp/jobs");
+    let started = Instant::now();
+    let (api2, jobs_path2, job2) = (api.clone(), jobs_path.clone(), job.clone());
+    let put_lat = run_clients(args.clients, args.jobs, move |i| {
+        let (api, jobs_path, job) = (api2.clone(), &jobs_path2, &job2);
+        let path = format!("{jobs_path}/job-{i:07}?api-version=2018-05-01");
+        let job = job.clone();
+        async move { api.put(&path, &job).await }
+    })
+    .await?;
+    let put_secs = started.elapsed().as_secs_f64();
+
+    // GET latency.
+    let n = args.jobs;
+    let get_lat = run_clients(args.clients, args.gets, move |i| {
+        let api = api.clone();
+        let path = format!("{jobs_path}/job-{:07}?api-version=2018-05-01", (i * 7919) % n);
+        async move { api.get(&path).await }
+    })
+    .await?;
+
+    // Raw baseline: one autocommit INSERT of a same-size row per job, same concurrency.
+    let raw_secs = raw_inserts(&raw_url, args.clients, args.jobs, row_bytes).await?;
+
+    let put_rate = args.jobs as f64 / put_secs;
+    let raw_rate = args.jobs as f64 / raw_secs;
+    println!("backend: {}  clients: {}  jobs: {}  row: {row_bytes} B", args.backend, args.clients, args.jobs);
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| job PUT throughput | {put_rate:.0} jobs/s |");
+    println!("| job PUT latency p50 / p99 | {} / {} ms |", ms(pct(&put_lat, 50.0)), ms(pct(&put_lat, 99.0)));
+    println!("| job GET latency p50 / p99 | {} / {} ms |", ms(pct(&get_lat, 50.0)), ms(pct(&get_lat, 99.0)));
+    println!("| raw sqlx INSERT throughput | {raw_rate:.0} rows/s |");
+    println!("| ratio PUT / raw INSERT | {:.2} (target >= 0.5) |", put_rate / raw_rate);
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// Runs `total` calls of `f` over `clients` concurrent workers; returns sorted latencies.
+async fn run_clients<F, Fut>(clients: usize, total: usize, f: F) -> anyhow::Result<Vec<Duration>>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (f, next) = (f.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(lat);
+                }
+                let t = Instant::now();
+                f(i).await?;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    all.sort();
+    Ok(all)
+}
+
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<()> {
+        let mut req = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let res = req.send().await?;
+        if !res.status().is_success() {
+            bail!("PUT {path}: {} {}", res.status(), res.text().await.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<()> {
+        let res = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        if !res.status().is_success() {
+            bail!("GET {path}: {}", res.status());
+        }
+        res.bytes().await?;
+        Ok(())
+    }
+}
+
+async fn fresh_pg(admin: &str) -> anyhow::Result<String> {
+    use sqlx::Connection;
+    let name = format!("batchai_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    let (base, _) = admin.rsplit_once('/').context("database URL has no database part")?;
+    Ok(format!("{base}/{name}"))
+}
+
+async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -> anyhow::Result<f64> {
+    let body = "x".repeat(row_bytes);
+    let started;
+    if url.starts_with("postgres") {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(clients as u32).connect(url).await?;
+        sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
+        started = Instant::now();
+        run_clients(clients, rows, move |i| {
+            let (pool, body) = (pool.clone(), body.clone());
+            async move {
+                sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
+                    .bind(format!("row-{i}"))
+                    .bind(body)
+                    .execute(&pool)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    } else {
+        use std::str::FromStr;
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+        sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
+        started = Instant::now();
+        run_clients(clients, rows, move |i| {
+            let (pool, body) = (pool.clone(), body.clone());
+            async move {
+                sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
+                    .bind(format!("row-{i}"))
+                    .bind(body)
+                    .execute(&pool)
+                    .await?;
+                Ok(())
+            }
+        })
+        .await?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: lints, Rust unit/integration tests (SQLite and
+# Postgres), and the Python SDK suite against real server processes.
+#   scripts/test.sh            everything
+#   SKIP_LINT=1 scripts/test.sh  without fmt/clippy
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/batchai-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "postgres"
+BATCHAI_TEST_PG_URL="$(scripts/postgres.sh)"
+export BATCHAI_TEST_PG_URL
+
+if [ -z "${SKIP_LINT:-}" ]; then
+  step "cargo fmt --check"
+  cargo fmt --all -- --check
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
+
+step "cargo build"
+cargo build --workspace --locked
+export BATCHAI_BIN="$CARGO_TARGET_DIR/debug/batchai"
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "python SDK suite"
+venv="$(scripts/sdk-venv.sh)"
+"$venv/bin/python" -m pytest tests/sdk -q -p no:cacheprovider
