@@ -318,7 +318,7 @@ fn check_body(v: &Value, path: &str, errs: &mut Vec<String>) {
                         errs.push(format!("{p}: a secret value is echoed: {s}"));
                     }
                 }
-                if (k.ends_with("Time") || k.ends_with("TransitionTime")) && x.is_string() {
+                if ["creationTime", "startTime", "endTime"].contains(&k.as_str()) || k.ends_with("TransitionTime") {
                     let t = x.as_str().unwrap_or_default().as_bytes();
                     let ok = t.len() == 24 && t[10] == b'T' && t[19] == b'.' && t.ends_with(b"Z");
                     if !ok {
@@ -564,6 +564,7 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
             errs.push(format!("operation {missing} is not listed"));
         }
     }
+    errs.dedup();
     errs.is_empty().then_some(()).ok_or_else(|| errs.join("; "))
 }
 
