@@ -24,6 +24,19 @@ for _ in $(seq 1 50); do
   pg_isready -q -h 127.0.0.1 -p "$port" && break
   sleep 0.2
 done
+# Tests run many servers at once, each with its own pool: make room for them.
+if [ "$(su postgres -c "psql -tAq -p $port -c 'SHOW max_connections'")" -lt 400 ]; then
+  log "raising max_connections to 400"
+  su postgres -c "psql -q -p $port -c 'ALTER SYSTEM SET max_connections = 400'" >/dev/null
+  pg_ctlcluster "$ver" main restart >&2
+fi
 # A password lets tests connect over TCP without touching pg_hba.conf.
 su postgres -c "psql -q -p $port -c \"ALTER USER postgres PASSWORD 'batchai'\"" >/dev/null
+# Drop databases earlier test runs left behind.
+if [ "${BATCHAI_PG_CLEAN:-1}" = 1 ]; then
+  su postgres -c "psql -tAq -p $port -c \"SELECT datname FROM pg_database WHERE datname ~ '^batchai_(test|store|bench|sdk)_'\"" |
+    while read -r db; do
+      [ -n "$db" ] && su postgres -c "dropdb -p $port --if-exists '$db'" >&2 || true
+    done
+fi
 echo "postgres://postgres:batchai@127.0.0.1:$port/postgres"

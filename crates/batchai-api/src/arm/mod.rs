@@ -90,9 +90,21 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let challenge = format!(
+        "Bearer authorization_uri=\"{}/{}\", error=\"invalid_token\"",
+        base_url(&state, scheme, &headers),
+        state.keys.tenant
+    );
     match handle_inner(state, scheme, method, uri, headers, body).await {
         Ok(res) => res,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let unauthenticated = e.0.code == ErrorCode::InvalidAuthenticationToken;
+            let mut res = e.into_response();
+            if unauthenticated && let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            res
+        }
     }
 }
 
