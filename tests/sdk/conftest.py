@@ -5,7 +5,7 @@ Run: VENV=$(scripts/sdk-venv.sh) && "$VENV/bin/python" -m pytest tests/sdk -q
 Environment:
   BATCHAI_BIN          the server binary (default ${CARGO_TARGET_DIR:-target}/debug/batchai)
   BATCHAI_TEST_PG_URL  a Postgres superuser URL; enables the postgres backend
-                       (each server gets a fresh database named batchai_test_<uuid>)
+                       (each server gets a fresh database named batchai_sdk_<uuid>)
 """
 
 import os
@@ -40,7 +40,7 @@ class Backend:
     def database_url(self):
         if self.name == "sqlite":
             return None
-        db = f"batchai_test_{uuid.uuid4().hex}"
+        db = f"batchai_sdk_{uuid.uuid4().hex}"
         self._psql(f'CREATE DATABASE "{db}"')
         self.created.append(db)
         u = urlsplit(self.pg_url)

@@ -13,7 +13,8 @@ from msrestazure.azure_active_directory import ServicePrincipalCredentials
 from msrestazure.azure_cloud import Cloud, CloudEndpoints
 from msrestazure.azure_exceptions import CloudError
 
-from helpers import RG_API, Account, assert_arm_error, assert_cloud_error, short, tune, wait
+from helpers import (RG_API, Account, assert_arm_error, assert_cloud_error, quickstart_cluster, short, tune,
+                     wait)
 
 ARM_RESOURCE = "https://management.core.windows.net/"
 
@@ -129,6 +130,11 @@ def test_service_principal_end_to_end_over_https(server):
     ws = short("ws")
     assert wait(bai.workspaces.create(rg, ws, "eastus")).name == ws
     assert bai.workspaces.get(rg, ws).provisioning_state == "succeeded"
+    # An LRO polled over HTTPS with OAuth credentials: the operation URLs the
+    # server hands out must be reachable on the listener the client used.
+    cl = wait(bai.clusters.create(rg, ws, short("cl"), quickstart_cluster()))
+    assert cl.provisioning_state == "succeeded"
+    wait(bai.clusters.delete(rg, ws, cl.name))
     # The same token is good on the plain-HTTP listener.
     resp = rg_list(server.http_url, sub, creds.token["access_token"])
     assert resp.status_code == 200 and [g["name"] for g in resp.json()["value"]] == [rg]

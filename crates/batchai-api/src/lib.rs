@@ -108,7 +108,8 @@ static CORRELATION_ID: HeaderName = HeaderName::from_static("x-ms-correlation-re
 async fn request_ids(req: Request, next: Next) -> Response {
     let client_id = req.headers().get(&CLIENT_REQUEST_ID).cloned();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let span = tracing::info_span!("request", request.id = %request_id, method = %req.method(), path = %req.uri().path());
+    let span =
+        tracing::info_span!("request", request.id = %request_id, method = %req.method(), path = %req.uri().path());
     let started = std::time::Instant::now();
     let mut res = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     span.in_scope(|| {

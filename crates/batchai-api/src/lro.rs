@@ -54,7 +54,11 @@ pub(crate) fn new_operation(ctx: &crate::arm::Ctx, kind: OperationKind, r: &Reso
 /// finished, in the same transaction (fewer writes per PUT; pollers see `Succeeded` at once).
 /// With a delay it stays `InProgress` until the runner finishes it, as demos and restart
 /// tests need.
-pub(crate) fn create_operation(ctx: &crate::arm::Ctx, r: &ResourceRef, location: &str) -> (Operation, ProvisioningState) {
+pub(crate) fn create_operation(
+    ctx: &crate::arm::Ctx,
+    r: &ResourceRef,
+    location: &str,
+) -> (Operation, ProvisioningState) {
     let mut op = new_operation(ctx, OperationKind::Create, r, location);
     if ctx.state.settings.lro_delay.is_zero() {
         op.status = OperationStatus::Succeeded;
@@ -90,7 +94,10 @@ pub(crate) fn accepted(ctx: &crate::arm::Ctx, op: &Operation) -> Response {
 
 /// 202 with `Location` only: resource-group deletes (`final-state-via: location`).
 pub(crate) fn group_accepted(ctx: &crate::arm::Ctx, op: &Operation) -> Response {
-    let url = format!("{}/subscriptions/{}/operationresults/{}?api-version={}", ctx.base, op.subscription_id, op.id, ctx.api_version);
+    let url = format!(
+        "{}/subscriptions/{}/operationresults/{}?api-version={}",
+        ctx.base, op.subscription_id, op.id, ctx.api_version
+    );
     let mut res = StatusCode::ACCEPTED.into_response();
     if let Ok(v) = HeaderValue::from_str(&url) {
         res.headers_mut().insert(header::LOCATION, v);
@@ -184,15 +191,33 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
     };
     match op.kind {
         OperationKind::Create => {
-            store.transition_provisioning(&op.resource_key, ProvisioningState::Creating, ProvisioningState::Succeeded, now).await?;
+            store
+                .transition_provisioning(
+                    &op.resource_key,
+                    ProvisioningState::Creating,
+                    ProvisioningState::Succeeded,
+                    now,
+                )
+                .await?;
             let row = store.get_resource(&op.resource_key).await?;
             match row.map(|r| r.provisioning_state) {
                 Some(ProvisioningState::Succeeded) => finish(OperationStatus::Succeeded, None).await?,
                 Some(ProvisioningState::Deleting) | None => {
-                    finish(OperationStatus::Canceled, Some(("ResourceDeleted", format!("{} was deleted while it was being created.", op.resource_id)))).await?
+                    finish(
+                        OperationStatus::Canceled,
+                        Some((
+                            "ResourceDeleted",
+                            format!("{} was deleted while it was being created.", op.resource_id),
+                        )),
+                    )
+                    .await?
                 }
                 Some(other) => {
-                    finish(OperationStatus::Failed, Some(("ProvisioningFailed", format!("{} ended {}.", op.resource_id, other.as_str())))).await?
+                    finish(
+                        OperationStatus::Failed,
+                        Some(("ProvisioningFailed", format!("{} ended {}.", op.resource_id, other.as_str()))),
+                    )
+                    .await?
                 }
             };
         }
@@ -222,17 +247,28 @@ async fn terminate(state: &AppState, op: &Operation) -> Result<bool, StoreError>
     match job.execution_state {
         ExecutionState::Succeeded | ExecutionState::Failed => Ok(true),
         ExecutionState::Queued => {
-            let outcome = JobOutcome { start_time: Some(now), end_time: Some(now), errors: Some(errors), now, ..Default::default() };
+            let outcome = JobOutcome {
+                start_time: Some(now),
+                end_time: Some(now),
+                errors: Some(errors),
+                now,
+                ..Default::default()
+            };
             store.transition_job(&op.resource_key, ExecutionState::Queued, ExecutionState::Failed, &outcome).await?;
-            Ok(store.get_resource(&op.resource_key).await?.and_then(|r| r.job).is_none_or(|j| j.execution_state.is_terminal()))
+            Ok(store
+                .get_resource(&op.resource_key)
+                .await?
+                .and_then(|r| r.job)
+                .is_none_or(|j| j.execution_state.is_terminal()))
         }
         ExecutionState::Running => {
             let outcome = JobOutcome { errors: Some(errors), now, ..Default::default() };
-            store.transition_job(&op.resource_key, ExecutionState::Running, ExecutionState::Terminating, &outcome).await?;
+            store
+                .transition_job(&op.resource_key, ExecutionState::Running, ExecutionState::Terminating, &outcome)
+                .await?;
             Ok(false)
         }
         // The agents running it report the end; until then the operation waits.
         ExecutionState::Terminating => Ok(false),
     }
 }
-

@@ -37,7 +37,7 @@ struct Grant {
     audience: String,
 }
 
-fn parse_grant(headers: &HeaderMap, body: &[u8], v2: bool) -> Result<Grant, Response> {
+fn parse_grant(headers: &HeaderMap, body: &[u8], v2: bool) -> Result<Grant, Box<Response>> {
     let mut grant_type = None;
     let (mut client_id, mut client_secret, mut audience) = (None, None, None);
     for (k, v) in form_urlencoded::parse(body) {
@@ -58,14 +58,18 @@ fn parse_grant(headers: &HeaderMap, body: &[u8], v2: bool) -> Result<Grant, Resp
         client_secret.get_or_insert(secret);
     }
     if grant_type.as_deref() != Some("client_credentials") {
-        return Err(oauth_error(
+        return Err(Box::new(oauth_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "Only the client_credentials grant is supported.",
-        ));
+        )));
     }
     let (Some(client_id), Some(client_secret)) = (client_id, client_secret) else {
-        return Err(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "client_id and client_secret are required."));
+        return Err(Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "client_id and client_secret are required.",
+        )));
     };
     let audience = audience.unwrap_or_else(|| "https://management.core.windows.net/".into());
     Ok(Grant { client_id, client_secret, audience })
@@ -84,7 +88,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 async fn issue(state: &AppState, scheme: Scheme, headers: &HeaderMap, body: &[u8], v2: bool) -> Response {
     let grant = match parse_grant(headers, body, v2) {
         Ok(g) => g,
-        Err(res) => return res,
+        Err(res) => return *res,
     };
     match auth::check_client_secret(state.store.as_ref(), &grant.client_id, &grant.client_secret).await {
         Ok(true) => {}

@@ -17,7 +17,6 @@ macro_rules! model {
     };
 }
 
-
 model!(ResourceIdRef { id: String });
 
 model!(KeyVaultSecretReference { source_vault: ResourceIdRef, secret_url: String });
@@ -344,7 +343,6 @@ model!(
     }
 );
 
-
 /// The toolkit a job uses, derived from which settings object it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ToolType {
@@ -424,7 +422,7 @@ impl ClusterSpec {
     /// `setup_suffix` is the generated `stdOutErrPathSuffix` of the setup task.
     pub fn apply_defaults(&mut self, setup_suffix: &str) {
         self.vm_priority = Some(self.vm_priority.take().unwrap_or_else(|| "dedicated".into()).to_lowercase());
-        let scale = self.scale_settings.get_or_insert_with(|| ScaleSettings {
+        let scale = self.scale_settings.get_or_insert(ScaleSettings {
             manual: Some(ManualScaleSettings { target_node_count: 0, node_deallocation_option: None }),
             auto_scale: None,
         });

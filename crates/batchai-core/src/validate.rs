@@ -84,7 +84,11 @@ fn env_and_secrets(
     for (i, s) in secrets.iter().flatten().enumerate() {
         let t = format!("{base}secrets[{i}]");
         env_name(&s.name, &format!("{t}.name"))?;
-        need(seen.insert(s.name.clone()), &format!("{t}.name"), format!("environment variable '{}' is given twice", s.name))?;
+        need(
+            seen.insert(s.name.clone()),
+            &format!("{t}.name"),
+            format!("environment variable '{}' is given twice", s.name),
+        )?;
         need(
             s.value.is_some() != s.value_secret_reference.is_some(),
             &t,
@@ -151,9 +155,17 @@ pub fn scale_settings(s: &ScaleSettings, base: &str) -> Result<(), ApiError> {
     let t = format!("{base}scaleSettings");
     match (&s.manual, &s.auto_scale) {
         (Some(m), None) => {
-            need(m.target_node_count >= 0, &format!("{t}.manual.targetNodeCount"), "targetNodeCount must be 0 or more")?;
+            need(
+                m.target_node_count >= 0,
+                &format!("{t}.manual.targetNodeCount"),
+                "targetNodeCount must be 0 or more",
+            )?;
             if let Some(o) = &m.node_deallocation_option {
-                one_of(o, &["requeue", "terminate", "waitforjobcompletion"], &format!("{t}.manual.nodeDeallocationOption"))?;
+                one_of(
+                    o,
+                    &["requeue", "terminate", "waitforjobcompletion"],
+                    &format!("{t}.manual.nodeDeallocationOption"),
+                )?;
             }
             Ok(())
         }
@@ -261,32 +273,36 @@ pub fn job(j: &JobSpec) -> Result<(ToolType, ResourceRef, Priority, u64), ApiErr
     for (i, d) in j.input_directories.iter().flatten().enumerate() {
         let t = format!("properties.inputDirectories[{i}]");
         env_name(&format!("X{}", d.id), &format!("{t}.id"))?;
-        need(ids.insert(format!("in:{}", d.id)), &format!("{t}.id"), format!("input directory id '{}' is used twice", d.id))?;
+        need(
+            ids.insert(format!("in:{}", d.id)),
+            &format!("{t}.id"),
+            format!("input directory id '{}' is used twice", d.id),
+        )?;
         non_empty(&d.path, &format!("{t}.path"))?;
     }
     for (i, d) in j.output_directories.iter().flatten().enumerate() {
         let t = format!("properties.outputDirectories[{i}]");
         env_name(&format!("X{}", d.id), &format!("{t}.id"))?;
-        need(!d.id.eq_ignore_ascii_case("stdouterr"), &format!("{t}.id"), "'stdouterr' is reserved for the job's logs")?;
-        need(ids.insert(format!("out:{}", d.id)), &format!("{t}.id"), format!("output directory id '{}' is used twice", d.id))?;
+        need(
+            !d.id.eq_ignore_ascii_case("stdouterr"),
+            &format!("{t}.id"),
+            "'stdouterr' is reserved for the job's logs",
+        )?;
+        need(
+            ids.insert(format!("out:{}", d.id)),
+            &format!("{t}.id"),
+            format!("output directory id '{}' is used twice", d.id),
+        )?;
         non_empty(&d.path_prefix, &format!("{t}.pathPrefix"))?;
         if let Some(s) = &d.path_suffix {
-            need(
-                !s.split('/').any(|seg| seg == ".."),
-                &format!("{t}.pathSuffix"),
-                "pathSuffix must not contain '..'",
-            )?;
+            need(!s.split('/').any(|seg| seg == ".."), &format!("{t}.pathSuffix"), "pathSuffix must not contain '..'")?;
         }
     }
     env_and_secrets(&j.environment_variables, &j.secrets, "properties.")?;
     if let Some(m) = &j.mount_volumes {
         mount_volumes(m, "properties.mountVolumes.")?;
     }
-    let wall = j
-        .constraints
-        .as_ref()
-        .and_then(|c| c.max_wall_clock_time.as_deref())
-        .unwrap_or(DEFAULT_MAX_WALL_CLOCK);
+    let wall = j.constraints.as_ref().and_then(|c| c.max_wall_clock_time.as_deref()).unwrap_or(DEFAULT_MAX_WALL_CLOCK);
     let secs = parse_duration(wall).filter(|s| *s > 0).ok_or_else(|| {
         ApiError::invalid(
             "properties.constraints.maxWallClockTime",
@@ -311,7 +327,11 @@ fn toolkit(j: &JobSpec, tool: ToolType) -> Result<(), ApiError> {
             };
             if python {
                 need(s.python_script_file_path.is_some(), t, "pythonScriptFilePath is required for Python CNTK jobs")?;
-                need(s.config_file_path.is_none(), &format!("{t}.configFilePath"), "configFilePath is only for BrainScript")
+                need(
+                    s.config_file_path.is_none(),
+                    &format!("{t}.configFilePath"),
+                    "configFilePath is only for BrainScript",
+                )
             } else {
                 need(s.config_file_path.is_some(), t, "configFilePath is required for BrainScript CNTK jobs")?;
                 need(
@@ -497,11 +517,18 @@ mod tests {
     #[test]
     fn toolkit_rules() {
         assert!(check_job(json!({"cntkSettings": {"configFilePath": "c.cntk"}})).is_ok());
-        assert!(check_job(json!({"cntkSettings": {"languageType": "BrainScript", "pythonScriptFilePath": "a"}})).is_err());
+        assert!(
+            check_job(json!({"cntkSettings": {"languageType": "BrainScript", "pythonScriptFilePath": "a"}})).is_err()
+        );
         assert!(check_job(json!({"caffeSettings": {"configFilePath": "s", "pythonScriptFilePath": "a"}})).is_err());
         assert!(check_job(json!({"caffe2Settings": {"pythonScriptFilePath": "a", "processCount": 2}})).is_err());
-        assert!(check_job(json!({"tensorFlowSettings": {"pythonScriptFilePath": "a", "parameterServerCount": 2}})).is_err());
-        assert!(check_job(json!({"pyTorchSettings": {"pythonScriptFilePath": "a", "communicationBackend": "gloo"}})).is_ok());
+        assert!(
+            check_job(json!({"tensorFlowSettings": {"pythonScriptFilePath": "a", "parameterServerCount": 2}})).is_err()
+        );
+        assert!(
+            check_job(json!({"pyTorchSettings": {"pythonScriptFilePath": "a", "communicationBackend": "gloo"}}))
+                .is_ok()
+        );
         assert!(check_job(json!({"customMpiSettings": {"commandLine": "x", "processCount": 0}})).is_err());
     }
 

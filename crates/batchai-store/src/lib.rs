@@ -101,8 +101,13 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a resource and everything under it.
     async fn delete_subtree(&self, key: &str, kind: batchai_core::ids::Kind) -> Result<()>;
     /// `from → to` on a job's execution state, applying `outcome`'s fields.
-    async fn transition_job(&self, key: &str, from: ExecutionState, to: ExecutionState, outcome: &JobOutcome)
-    -> Result<bool>;
+    async fn transition_job(
+        &self,
+        key: &str,
+        from: ExecutionState,
+        to: ExecutionState,
+        outcome: &JobOutcome,
+    ) -> Result<bool>;
 
     /// Records an operation that needs no resource change of its own (terminate, group delete).
     async fn insert_operation(&self, op: &Operation) -> Result<()>;

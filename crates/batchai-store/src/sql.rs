@@ -34,11 +34,8 @@ pub struct SqliteStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool =
+            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -242,25 +239,28 @@ macro_rules! sql_store {
                 conn: &mut <<Self as StoreDb>::Db as sqlx::Database>::Connection,
                 op: &Operation,
             ) -> Result<()> {
-                sqlx::query(concat!("INSERT INTO operations (", operation_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
-                    .bind(&op.id)
-                    .bind(&op.subscription_id)
-                    .bind(&op.location)
-                    .bind(op.kind.as_str())
-                    .bind(op.resource_kind.as_str())
-                    .bind(&op.resource_key)
-                    .bind(&op.resource_id)
-                    .bind(&op.dollar_id)
-                    .bind(op.status.as_str())
-                    .bind(&op.error_code)
-                    .bind(&op.error_message)
-                    .bind(op.started_at)
-                    .bind(op.ended_at)
-                    .bind(op.run_after)
-                    .bind(op.attempts)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(concat!(
+                    "INSERT INTO operations (",
+                    operation_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                ))
+                .bind(&op.id)
+                .bind(&op.subscription_id)
+                .bind(&op.location)
+                .bind(op.kind.as_str())
+                .bind(op.resource_kind.as_str())
+                .bind(&op.resource_key)
+                .bind(&op.resource_id)
+                .bind(&op.dollar_id)
+                .bind(op.status.as_str())
+                .bind(&op.error_code)
+                .bind(&op.error_message)
+                .bind(op.started_at)
+                .bind(op.ended_at)
+                .bind(op.run_after)
+                .bind(op.attempts)
+                .execute(&mut *conn)
+                .await?;
                 Ok(())
             }
         }
@@ -415,12 +415,11 @@ macro_rules! sql_store {
             async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 if r.kind != Kind::ResourceGroup {
-                    let parent = sqlx::query(concat!(
-                        "SELECT provisioning_state FROM resources WHERE key = $1", $lock_shared
-                    ))
-                    .bind(&r.parent_key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                    let parent =
+                        sqlx::query(concat!("SELECT provisioning_state FROM resources WHERE key = $1", $lock_shared))
+                            .bind(&r.parent_key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
                     let state: Option<String> = parent.map(|p| p.try_get("provisioning_state")).transpose()?;
                     if state.is_none_or(|s| s == ProvisioningState::Deleting.as_str()) {
                         return Err(StoreError::ParentGone);
@@ -500,8 +499,10 @@ macro_rules! sql_store {
                 let after = q.after.clone().unwrap_or_default();
                 let rows = match &q.scope {
                     Scope::Subscription(sub) => {
-                        sqlx::query(concat!(select_resources!(),
-                            "WHERE r.subscription_id = $1 AND r.kind = $2 AND r.key > $3 ORDER BY r.key LIMIT $4"))
+                        sqlx::query(concat!(
+                            select_resources!(),
+                            "WHERE r.subscription_id = $1 AND r.kind = $2 AND r.key > $3 ORDER BY r.key LIMIT $4"
+                        ))
                         .bind(sub)
                         .bind(q.kind.as_str())
                         .bind(after)
@@ -510,9 +511,11 @@ macro_rules! sql_store {
                         .await?
                     }
                     Scope::ResourceGroup { subscription, rg_key } => {
-                        sqlx::query(concat!(select_resources!(),
+                        sqlx::query(concat!(
+                            select_resources!(),
                             "WHERE r.subscription_id = $1 AND r.rg_key = $2 AND r.kind = $3 AND r.key > $4 \
-                             ORDER BY r.key LIMIT $5"))
+                             ORDER BY r.key LIMIT $5"
+                        ))
                         .bind(subscription)
                         .bind(rg_key)
                         .bind(q.kind.as_str())
@@ -522,8 +525,10 @@ macro_rules! sql_store {
                         .await?
                     }
                     Scope::Parent(parent) => {
-                        sqlx::query(concat!(select_resources!(),
-                            "WHERE r.parent_key = $1 AND r.kind = $2 AND r.key > $3 ORDER BY r.key LIMIT $4"))
+                        sqlx::query(concat!(
+                            select_resources!(),
+                            "WHERE r.parent_key = $1 AND r.kind = $2 AND r.key > $3 ORDER BY r.key LIMIT $4"
+                        ))
                         .bind(parent)
                         .bind(q.kind.as_str())
                         .bind(after)
@@ -536,11 +541,12 @@ macro_rules! sql_store {
             }
 
             async fn update_tags(&self, key: &str, tags: &serde_json::Value) -> Result<bool> {
-                let done = sqlx::query("UPDATE resources SET tags = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
-                    .bind(key)
-                    .bind(tags.to_string())
-                    .execute(&self.pool)
-                    .await?;
+                let done =
+                    sqlx::query("UPDATE resources SET tags = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
+                        .bind(key)
+                        .bind(tags.to_string())
+                        .execute(&self.pool)
+                        .await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -552,11 +558,12 @@ macro_rules! sql_store {
                 now: Millis,
             ) -> Result<bool> {
                 let mut tx = self.pool.begin_with($begin).await?;
-                let done = sqlx::query("UPDATE resources SET spec = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
-                    .bind(key)
-                    .bind(spec.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                let done =
+                    sqlx::query("UPDATE resources SET spec = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
+                        .bind(key)
+                        .bind(spec.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                 if done.rows_affected() != 1 {
                     return Ok(false);
                 }
@@ -702,7 +709,10 @@ macro_rules! sql_store {
                 let rows = sqlx::query(concat!(
                     "UPDATE operations SET lease_until = $2, attempts = attempts + 1 WHERE id IN (",
                     "SELECT id FROM operations WHERE status = 'InProgress' AND run_after <= $1 AND lease_until <= $1 ",
-                    "ORDER BY run_after LIMIT $3", $skip_locked, ") RETURNING ", operation_columns!()
+                    "ORDER BY run_after LIMIT $3",
+                    $skip_locked,
+                    ") RETURNING ",
+                    operation_columns!()
                 ))
                 .bind(now)
                 .bind(lease_until)
@@ -749,6 +759,11 @@ impl StoreDb for SqliteStore {
     type Db = sqlx::Sqlite;
 }
 
-sql_store!(PgStore, backend = "postgres", begin_write = "BEGIN", lock_shared = " FOR SHARE",
-    skip_locked = " FOR UPDATE SKIP LOCKED");
+sql_store!(
+    PgStore,
+    backend = "postgres",
+    begin_write = "BEGIN",
+    lock_shared = " FOR SHARE",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);
 sql_store!(SqliteStore, backend = "sqlite", begin_write = "BEGIN IMMEDIATE", lock_shared = "", skip_locked = "");

@@ -23,8 +23,7 @@ impl Db {
 
 fn databases() -> Vec<Db> {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut dbs =
-        vec![Db { url: format!("sqlite://{}", tmp.path().join("t.sqlite").display()), _tmp: Some(tmp) }];
+    let mut dbs = vec![Db { url: format!("sqlite://{}", tmp.path().join("t.sqlite").display()), _tmp: Some(tmp) }];
     match std::env::var("BATCHAI_TEST_PG_URL") {
         Ok(admin) => {
             let name = format!("batchai_store_{}", uuid::Uuid::new_v4().simple());
@@ -196,7 +195,10 @@ async fn insert_conflicts_and_parent_checks(db: &Db) {
     let again = new(&ws, ProvisioningState::Succeeded);
     assert!(matches!(s.insert_resource(&again, None).await, Err(StoreError::Conflict)));
     let orphan = rg("missing").child(Kind::Workspace, name("w2", Kind::Workspace));
-    assert!(matches!(s.insert_resource(&new(&orphan, ProvisioningState::Succeeded), None).await, Err(StoreError::ParentGone)));
+    assert!(matches!(
+        s.insert_resource(&new(&orphan, ProvisioningState::Succeeded), None).await,
+        Err(StoreError::ParentGone)
+    ));
     // A parent being deleted takes no children, and the failed insert leaves no operation.
     let del = op("del-rg", &g, OperationKind::Delete, 0);
     assert!(s.begin_delete(&g.key(), &del).await.unwrap());

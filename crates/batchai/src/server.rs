@@ -89,7 +89,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// On the very first start of an installation, creates a service principal and an API token
 /// for the bootstrap subscription, prints them once and writes them to `bootstrap.env`
 /// (mode 0600) in the data dir.
-async fn bootstrap(state: &AppState, cfg: &Config, data_dir: &std::path::Path, url: &str, ca: &str) -> anyhow::Result<()> {
+async fn bootstrap(
+    state: &AppState,
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    url: &str,
+    ca: &str,
+) -> anyhow::Result<()> {
     let claim = uuid::Uuid::new_v4().to_string();
     if state.store.meta_get_or_insert("bootstrapped", &claim).await? != claim {
         return Ok(());

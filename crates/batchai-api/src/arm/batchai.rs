@@ -12,7 +12,7 @@ use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, S
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::resources::{being_deleted, check_tags, list_page, load_group, new_resource};
+use super::resources::{being_deleted, check_tags, list_page, load_group, new_resource, patch_tags};
 use super::route::{JobAction, Route};
 use super::{Ctx, method_not_allowed, ok, paging, render};
 use crate::{Error, lro};
@@ -222,15 +222,7 @@ async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
 }
 
 async fn patch_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
-    let row = load(ctx, r).await?;
-    let body = ctx.json_body()?.unwrap_or_else(|| json!({}));
-    let tags = body.get("tags").cloned();
-    check_tags(&tags, "tags")?;
-    if let Some(tags) = tags.filter(|t| !t.is_null())
-        && !ctx.state.store.update_tags(&row.key, &tags).await?
-    {
-        return Err(being_deleted(&row).into());
-    }
+    patch_tags(ctx, &load(ctx, r).await?).await?;
     get(ctx, r).await
 }
 
@@ -443,9 +435,7 @@ async fn usages(ctx: &Ctx, sub: &str, location: &str) -> Result<Response, Error>
         after = rows.last().map(|r| r.key.clone());
     }
     let limits = &ctx.state.settings;
-    let usage = |name: String, current: i64, limit: i64| {
-        json!({"unit": "Count", "currentValue": current, "limit": limit, "name": {"value": name, "localizedValue": name}})
-    };
+    let usage = |name: String, current: i64, limit: i64| json!({"unit": "Count", "currentValue": current, "limit": limit, "name": {"value": name, "localizedValue": name}});
     let mut value = vec![usage("Clusters".into(), clusters, limits.quota_clusters)];
     for (kind, bucket) in [("Dedicated", &dedicated), ("LowPriority", &low)] {
         value.push(usage(format!("Total Cluster {kind} Regional vCPUs"), bucket.values().sum(), limits.quota_vcpus));

@@ -22,13 +22,27 @@ use route::{Family, Route};
 
 pub const BATCHAI_API_VERSIONS: &[&str] = &["2018-05-01"];
 pub const RESOURCES_API_VERSIONS: &[&str] = &[
-    "2021-04-01", "2021-01-01", "2020-10-01", "2020-06-01", "2019-10-01", "2019-08-01", "2019-07-01", "2019-05-10",
-    "2019-05-01", "2019-03-01", "2018-05-01", "2018-02-01", "2017-05-10", "2016-09-01", "2016-07-01", "2016-06-01",
-    "2016-02-01", "2015-11-01",
+    "2021-04-01",
+    "2021-01-01",
+    "2020-10-01",
+    "2020-06-01",
+    "2019-10-01",
+    "2019-08-01",
+    "2019-07-01",
+    "2019-05-10",
+    "2019-05-01",
+    "2019-03-01",
+    "2018-05-01",
+    "2018-02-01",
+    "2017-05-10",
+    "2016-09-01",
+    "2016-07-01",
+    "2016-06-01",
+    "2016-02-01",
+    "2015-11-01",
 ];
-pub const SUBSCRIPTIONS_API_VERSIONS: &[&str] = &[
-    "2022-12-01", "2021-01-01", "2020-01-01", "2019-11-01", "2019-06-01", "2018-06-01", "2016-06-01", "2015-11-01",
-];
+pub const SUBSCRIPTIONS_API_VERSIONS: &[&str] =
+    &["2022-12-01", "2021-01-01", "2020-01-01", "2019-11-01", "2019-06-01", "2018-06-01", "2016-06-01", "2015-11-01"];
 
 /// Everything a handler needs about the request.
 pub(crate) struct Ctx {
@@ -194,16 +208,17 @@ async fn read_body(state: &AppState, method: &Method, headers: &HeaderMap, body:
     })?;
     let bytes = bytes.to_bytes();
     let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
-    if has_body && matches!(*method, Method::PUT | Method::PATCH | Method::POST) {
-        if let Some(ct) = headers.get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-            let mime = ct.split(';').next().unwrap_or_default().trim();
-            if mime != "application/json" && !mime.ends_with("+json") && mime != "text/json" {
-                return Err(ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!("The content type '{mime}' is not supported; send application/json."),
-                ));
-            }
+    if has_body
+        && matches!(*method, Method::PUT | Method::PATCH | Method::POST)
+        && let Some(ct) = headers.get(header::CONTENT_TYPE)
+    {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or_default().trim();
+        if mime != "application/json" && !mime.ends_with("+json") && mime != "text/json" {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!("The content type '{mime}' is not supported; send application/json."),
+            ));
         }
     }
     Ok(bytes)

@@ -210,23 +210,26 @@ async fn update_existing_group(
 }
 
 pub(super) fn being_deleted(row: &ResourceRow) -> ApiError {
-    ApiError::new(
-        ErrorCode::ResourceBeingDeleted,
-        format!("The {} '{}' is being deleted.", row.kind.noun(), row.name),
-    )
+    ApiError::new(ErrorCode::ResourceBeingDeleted, format!("The {} '{}' is being deleted.", row.kind.noun(), row.name))
 }
 
 async fn patch_group(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let row = load_group(ctx, r).await?;
+    patch_tags(ctx, &row).await?;
+    Ok(ok(render::resource_group(&load_group(ctx, r).await?)))
+}
+
+/// Applies a PATCH body's `tags` (the only thing a resource group or workspace PATCH changes).
+pub(super) async fn patch_tags(ctx: &Ctx, row: &ResourceRow) -> Result<(), Error> {
     let body = ctx.json_body()?.unwrap_or_else(|| json!({}));
     let tags = body.get("tags").cloned();
     check_tags(&tags, "tags")?;
-    if let Some(tags) = tags.filter(|t| !t.is_null()) {
-        if !ctx.state.store.update_tags(&row.key, &tags).await? {
-            return Err(being_deleted(&row).into());
-        }
+    if let Some(tags) = tags.filter(|t| !t.is_null())
+        && !ctx.state.store.update_tags(&row.key, &tags).await?
+    {
+        return Err(being_deleted(row).into());
     }
-    Ok(ok(render::resource_group(&load_group(ctx, r).await?)))
+    Ok(())
 }
 
 async fn delete_group(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
@@ -266,9 +269,18 @@ fn known_namespace(ns: &str) -> Result<(), ApiError> {
 async fn provider(ctx: &Ctx, sub: &str, ns: &str) -> Result<Value, Error> {
     known_namespace(ns)?;
     let state = ctx.state.store.provider_state(&sub.to_lowercase(), &ns.to_lowercase()).await?;
-    let types = ["workspaces", "workspaces/clusters", "workspaces/experiments", "workspaces/experiments/jobs",
-        "workspaces/fileservers", "locations", "locations/usages", "locations/operationresults",
-        "locations/operationstatuses", "operations"];
+    let types = [
+        "workspaces",
+        "workspaces/clusters",
+        "workspaces/experiments",
+        "workspaces/experiments/jobs",
+        "workspaces/fileservers",
+        "locations",
+        "locations/usages",
+        "locations/operationresults",
+        "locations/operationstatuses",
+        "operations",
+    ];
     Ok(json!({
         "id": format!("/subscriptions/{sub}/providers/Microsoft.BatchAI"),
         "namespace": "Microsoft.BatchAI",

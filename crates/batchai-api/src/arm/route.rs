@@ -116,9 +116,7 @@ pub fn parse(path: &str) -> Option<Route> {
         ["subscriptions", _, "operationresults", _] => Route::GroupOperation { sub: r(1), op: r(3) },
         ["subscriptions", _, "providers"] => Route::Providers { sub: r(1) },
         ["subscriptions", _, "providers", BAI, "workspaces"] => Route::WorkspacesBySubscription { sub: r(1) },
-        ["subscriptions", _, "providers", BAI, "locations", _, "usages"] => {
-            Route::Usages { sub: r(1), location: r(5) }
-        }
+        ["subscriptions", _, "providers", BAI, "locations", _, "usages"] => Route::Usages { sub: r(1), location: r(5) },
         ["subscriptions", _, "providers", BAI, "locations", _, "operationresults" | "operationstatuses", _] => {
             Route::BatchOperation { sub: r(1), location: r(5), op: r(7) }
         }
@@ -194,6 +192,9 @@ mod tests {
         assert_eq!(parse("/"), None);
         assert_eq!(parse("/subscriptions//resourceGroups/x"), None);
         assert_eq!(parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/nope"), None);
-        assert_eq!(parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/j/x"), None);
+        assert_eq!(
+            parse("/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/j/x"),
+            None
+        );
     }
 }

@@ -34,12 +34,8 @@ pub fn backends() -> Vec<Backend> {
 pub fn fresh_pg_database() -> String {
     let admin = std::env::var("BATCHAI_TEST_PG_URL").expect("BATCHAI_TEST_PG_URL");
     let name = format!("batchai_test_{}", uuid::Uuid::new_v4().simple());
-    let out = Command::new("psql")
-        .arg(&admin)
-        .arg("-qc")
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .expect("psql runs");
+    let out =
+        Command::new("psql").arg(&admin).arg("-qc").arg(format!("CREATE DATABASE {name}")).output().expect("psql runs");
     assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
     let (base, _) = admin.rsplit_once('/').expect("URL has a database part");
     format!("{base}/{name}")
@@ -118,7 +114,8 @@ impl Server {
             token: String::new(),
             _tmp: None,
         };
-        s.token = s.admin_json(&["token", "create", "--subscription", SUB])["token"].as_str().expect("token").to_owned();
+        s.token =
+            s.admin_json(&["token", "create", "--subscription", SUB])["token"].as_str().expect("token").to_owned();
         s
     }
 
@@ -174,7 +171,11 @@ pub struct Reply {
 
 impl Client {
     pub fn url(&self, path_and_query: &str) -> String {
-        if path_and_query.starts_with("http") { path_and_query.to_owned() } else { format!("{}{path_and_query}", self.base) }
+        if path_and_query.starts_with("http") {
+            path_and_query.to_owned()
+        } else {
+            format!("{}{path_and_query}", self.base)
+        }
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Reply {
@@ -259,9 +260,15 @@ pub fn job_body(cluster_id: &str) -> Value {
 /// Creates rg, workspace `ws`, experiment `exp` and cluster `c` under `rg`; returns the
 /// cluster id.
 pub async fn scaffold(c: &Client, rg: &str) -> String {
-    let r = c.put(&format!("/subscriptions/{SUB}/resourcegroups/{rg}?api-version=2021-04-01"), &serde_json::json!({"location": "eastus"})).await;
+    let r = c
+        .put(
+            &format!("/subscriptions/{SUB}/resourcegroups/{rg}?api-version=2021-04-01"),
+            &serde_json::json!({"location": "eastus"}),
+        )
+        .await;
     assert!(r.status == 201 || r.status == 200, "{}", r.text);
-    let r = c.put(&format!("{}?{BAI}", Server::bai(rg, "workspaces/ws")), &serde_json::json!({"location": "eastus"})).await;
+    let r =
+        c.put(&format!("{}?{BAI}", Server::bai(rg, "workspaces/ws")), &serde_json::json!({"location": "eastus"})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     let r = c.put(&format!("{}?{BAI}", Server::bai(rg, "workspaces/ws/experiments/exp")), &Value::Null).await;
     assert_eq!(r.status, 200, "{}", r.text);
