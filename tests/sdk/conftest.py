@@ -98,7 +98,7 @@ def start_server(batchai_bin, backend, data_dir, env=None, database_url=_FRESH):
 
 
 @pytest.fixture(scope="session")
-def server(batchai_bin, backend, tmp_path_factory):
+def server(backend, batchai_bin, tmp_path_factory):
     """One server per backend, shared by the whole session. Tests isolate
     themselves by using a fresh subscription each (the `account` fixture)."""
     srv = start_server(batchai_bin, backend, tmp_path_factory.mktemp(f"server-{backend.name}"))
@@ -125,7 +125,7 @@ def cluster(account, ws):
 
 
 @pytest.fixture
-def server_factory(batchai_bin, backend, tmp_path):
+def server_factory(backend, batchai_bin, tmp_path):
     """Start private servers: `start(env)` on a fresh store, `restart(srv)` on
     the store of an earlier one (same data dir and database, new ports)."""
     started = []

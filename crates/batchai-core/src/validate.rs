@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{Kind, ResourceRef};
@@ -11,23 +13,57 @@ use crate::models::*;
 use crate::state::Priority;
 
 /// Parses a JSON body, reporting the path of the first bad field as `target`.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8], root: &str) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let target = match (root.is_empty(), path.as_str()) {
-            (true, p) => p.to_owned(),
-            (false, ".") => root.to_owned(),
-            (false, p) => format!("{root}.{p}"),
-        };
-        let inner = e.into_inner();
-        let code = if inner.is_syntax() || inner.is_eof() {
-            ErrorCode::InvalidRequestContent
-        } else {
-            ErrorCode::InvalidParameter
-        };
-        ApiError::new(code, format!("The request content is invalid: {inner}")).with_target(target)
-    })
+///
+/// Stricter than serde's defaults in two ways a client can trip over: trailing data after the
+/// JSON value is refused, and so is an array where an object belongs (derived deserializers
+/// would read it positionally into the struct's fields).
+pub fn parse_json<T: DeserializeOwned + Serialize>(body: &[u8], root: &str) -> Result<T, ApiError> {
+    let target_of = |path: &str| match (root.is_empty(), path) {
+        (true, p) => p.to_owned(),
+        (false, ".") => root.to_owned(),
+        (false, p) => format!("{root}.{p}"),
+    };
+    let input: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(ErrorCode::InvalidRequestContent, format!("The request content is not valid JSON: {e}"))
+            .with_target(target_of("."))
+    })?;
+    let parsed: T = serde_path_to_error::deserialize(&input).map_err(|e| {
+        let target = target_of(&e.path().to_string());
+        ApiError::new(ErrorCode::InvalidParameter, format!("The request content is invalid: {}", e.into_inner()))
+            .with_target(target)
+    })?;
+    let understood = serde_json::to_value(&parsed).map_err(|_| ApiError::internal())?;
+    same_shape(&input, &understood, "").map_err(|path| {
+        let path = if path.is_empty() { ".".to_owned() } else { path };
+        ApiError::new(ErrorCode::InvalidParameter, "The request content is invalid: expected an object, got an array")
+            .with_target(target_of(&path))
+    })?;
+    Ok(parsed)
+}
+
+/// Checks that every object the model understood was an object in the input (and every
+/// array an array); returns the path of the first mismatch.
+fn same_shape(input: &Value, understood: &Value, path: &str) -> Result<(), String> {
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    match understood {
+        Value::Object(fields) => {
+            let Value::Object(given) = input else { return Err(path.to_owned()) };
+            for (k, v) in fields {
+                if let Some(g) = given.get(k) {
+                    same_shape(g, v, &join(k))?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(items) => {
+            let Value::Array(given) = input else { return Err(path.to_owned()) };
+            for (i, (g, v)) in given.iter().zip(items).enumerate() {
+                same_shape(g, v, &format!("{path}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 fn need(ok: bool, target: &str, msg: impl Into<String>) -> Result<(), ApiError> {
@@ -556,5 +592,17 @@ mod tests {
     fn malformed_json_is_request_content_error() {
         let e = parse_json::<JobSpec>(b"{\"nodeCount\": ", "properties").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidRequestContent);
+        let e = parse_json::<Value>(b"{\"location\":\"eastus\"} x", "").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequestContent, "trailing data");
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        let e = parse_json::<ScaleSettings>(br#"[{"targetNodeCount": 5}]"#, "properties.scaleSettings").unwrap_err();
+        assert_eq!(e.target.as_deref(), Some("properties.scaleSettings"));
+        let e = parse_json::<ScaleSettings>(br#"{"manual": [5]}"#, "properties.scaleSettings").unwrap_err();
+        assert_eq!(e.target.as_deref(), Some("properties.scaleSettings.manual"));
+        let ok = parse_json::<ScaleSettings>(br#"{"manual": {"targetNodeCount": 5}, "extra": [1]}"#, "").unwrap();
+        assert_eq!(ok.manual.map(|m| m.target_node_count), Some(5));
     }
 }

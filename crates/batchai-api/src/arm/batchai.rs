@@ -9,7 +9,7 @@ use batchai_core::names::{NameKind, ResourceName};
 use batchai_core::state::{AllocationState, ProvisioningState};
 use batchai_core::{ApiError, ErrorCode, validate, vm_sizes};
 use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, Scope, StoreError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::resources::{being_deleted, check_tags, list_page, load_group, new_resource, patch_tags};
@@ -186,7 +186,7 @@ fn insert_error(r: &ResourceRef, e: StoreError) -> Error {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct WorkspaceBody {
     location: String,
     #[serde(default)]
@@ -243,7 +243,7 @@ async fn put_experiment(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct Create<T> {
     properties: T,
 }

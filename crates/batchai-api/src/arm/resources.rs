@@ -148,7 +148,7 @@ pub(super) async fn list_page(ctx: &Ctx, kind: Kind, scope: Scope, page: paging:
     Ok(ok(paging::list_body(ctx, items, page.size, last.as_deref())))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, serde::Serialize)]
 struct GroupBody {
     location: String,
     #[serde(default)]
