@@ -1,7 +1,9 @@
 //! Credentials: signed access tokens, long-lived API tokens, service principals.
 //!
 //! Access tokens are HS256 JWTs signed with a key kept in the store, so they survive restarts
-//! and any server sharing the database accepts them. Principal secrets and API tokens are 256
+//! and any server sharing the database accepts them. They carry the principal's subscriptions,
+//! so checking one needs no database read; as with AAD, deleting a principal stops new tokens
+//! at once and existing ones lapse at their expiry (`token_lifetime_secs`). Principal secrets and API tokens are 256
 //! random bits shown once; only their SHA-256 is stored (a slow hash buys nothing for values of
 //! that entropy, and a fast one keeps per-request checks cheap).
 
@@ -46,8 +48,15 @@ impl Keys {
         Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC accepts any key length")
     }
 
-    /// Signs an access token for `client_id`.
-    pub fn issue(&self, client_id: &str, audience: &str, issuer: &str, lifetime_secs: i64) -> (String, i64) {
+    /// Signs an access token for `client_id`, valid for `subscriptions`.
+    pub fn issue(
+        &self,
+        client_id: &str,
+        subscriptions: &[String],
+        audience: &str,
+        issuer: &str,
+        lifetime_secs: i64,
+    ) -> (String, i64) {
         let now = now_millis() / 1000;
         let exp = now + lifetime_secs;
         let claims = Claims {
@@ -61,6 +70,7 @@ impl Keys {
             sub: client_id.to_owned(),
             tid: self.tenant.clone(),
             ver: "1.0".into(),
+            subs: subscriptions.to_vec(),
         };
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap_or_default());
@@ -71,8 +81,8 @@ impl Keys {
         (format!("{signing_input}.{sig}"), exp)
     }
 
-    /// Checks signature and lifetime; returns the client id.
-    pub fn verify(&self, token: &str) -> Result<String, &'static str> {
+    /// Checks signature and lifetime; returns the caller the token was issued to.
+    pub fn verify(&self, token: &str) -> Result<Caller, &'static str> {
         let mut parts = token.split('.');
         let (Some(h), Some(b), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err("the token is malformed");
@@ -103,7 +113,7 @@ impl Keys {
         if claims.nbf > now + 300 {
             return Err("the token is not valid yet");
         }
-        Ok(claims.appid)
+        Ok(Caller { client_id: claims.appid, subscriptions: claims.subs })
     }
 }
 
@@ -119,6 +129,9 @@ struct Claims {
     sub: String,
     tid: String,
     ver: String,
+    /// Subscriptions the principal may use (a batchai claim).
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 fn random_bytes() -> [u8; 32] {
@@ -143,10 +156,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks a principal's client secret.
-pub async fn check_client_secret(store: &dyn Store, client_id: &str, secret: &str) -> Result<bool, StoreError> {
-    let Some(p) = store.get_principal(client_id).await? else { return Ok(false) };
-    Ok(constant_time_eq(hash_secret(secret).as_bytes(), p.secret_hash.as_bytes()))
+/// The principal whose client id and secret these are, if they match.
+pub async fn check_client_secret(
+    store: &dyn Store,
+    client_id: &str,
+    secret: &str,
+) -> Result<Option<Principal>, StoreError> {
+    let Some(p) = store.get_principal(client_id).await? else { return Ok(None) };
+    Ok(constant_time_eq(hash_secret(secret).as_bytes(), p.secret_hash.as_bytes()).then_some(p))
 }
 
 /// Creates a service principal; returns it with its secret (shown once).
@@ -247,9 +264,7 @@ pub async fn authenticate(store: &dyn Store, keys: &Keys, headers: &HeaderMap) -
         }
         return Ok(Caller { client_id: format!("token:{}", t.id), subscriptions: t.subscriptions });
     }
-    let client_id = keys.verify(token).map_err(unauthenticated)?;
-    let p = store.get_principal(&client_id).await?.ok_or_else(|| unauthenticated("the principal no longer exists"))?;
-    Ok(Caller { client_id, subscriptions: p.subscriptions })
+    Ok(keys.verify(token).map_err(unauthenticated)?)
 }
 
 #[cfg(test)]
@@ -263,20 +278,22 @@ mod tests {
     #[test]
     fn issued_tokens_verify() {
         let k = keys();
-        let (tok, _) = k.issue("client", "https://management.core.windows.net/", "iss", 60);
-        assert_eq!(k.verify(&tok).unwrap(), "client");
+        let subs = vec!["s1".to_owned()];
+        let (tok, _) = k.issue("client", &subs, "https://management.core.windows.net/", "iss", 60);
+        let caller = k.verify(&tok).unwrap();
+        assert_eq!((caller.client_id.as_str(), caller.subscriptions), ("client", subs));
     }
 
     #[test]
     fn tampered_expired_and_foreign_tokens_fail() {
         let k = keys();
-        let (tok, _) = k.issue("client", "aud", "iss", 60);
+        let (tok, _) = k.issue("client", &[], "aud", "iss", 60);
         let mut parts: Vec<&str> = tok.split('.').collect();
         let forged = URL_SAFE_NO_PAD.encode(br#"{"aud":"a","iss":"i","iat":0,"nbf":0,"exp":99999999999,"appid":"admin","oid":"admin","sub":"admin","tid":"t","ver":"1.0"}"#);
         parts[1] = &forged;
-        assert_eq!(k.verify(&parts.join(".")), Err("the token signature is invalid"));
-        let (old, _) = k.issue("client", "aud", "iss", -1);
-        assert_eq!(k.verify(&old), Err("the token has expired"));
+        assert_eq!(k.verify(&parts.join(".")).unwrap_err(), "the token signature is invalid");
+        let (old, _) = k.issue("client", &[], "aud", "iss", -1);
+        assert_eq!(k.verify(&old).unwrap_err(), "the token has expired");
         let other = Keys { signing_key: vec![8; 32], tenant: "t".into() };
         assert!(other.verify(&tok).is_err());
         assert!(k.verify("garbage").is_err());

@@ -19,6 +19,10 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => Self(ApiError::new(ErrorCode::Conflict, "The resource already exists.")),
+            StoreError::RequiredGone => Self(ApiError::new(
+                ErrorCode::InvalidParameter,
+                "A resource this request refers to is missing or being deleted.",
+            )),
             StoreError::ParentGone => {
                 Self(ApiError::new(ErrorCode::ResourceBeingDeleted, "The parent resource is missing or being deleted."))
             }

@@ -69,6 +69,13 @@ pub(crate) fn create_operation(
     }
 }
 
+/// Starts the runner on an operation that still has work to do.
+pub(crate) fn wake_if_pending(ctx: &crate::arm::Ctx, op: &Operation) {
+    if !op.status.is_terminal() {
+        ctx.state.ops_wake.notify_one();
+    }
+}
+
 fn batchai_operation_url(ctx: &crate::arm::Ctx, op: &Operation, leaf: &str) -> String {
     format!(
         "{}/subscriptions/{}/providers/Microsoft.BatchAI/locations/{}/{leaf}/{}?api-version={}",

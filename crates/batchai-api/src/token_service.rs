@@ -90,9 +90,10 @@ async fn issue(state: &AppState, scheme: Scheme, headers: &HeaderMap, body: &[u8
         Ok(g) => g,
         Err(res) => return *res,
     };
-    match auth::check_client_secret(state.store.as_ref(), &grant.client_id, &grant.client_secret).await {
-        Ok(true) => {}
-        Ok(false) => {
+    let principal = match auth::check_client_secret(state.store.as_ref(), &grant.client_id, &grant.client_secret).await
+    {
+        Ok(Some(p)) => p,
+        Ok(None) => {
             tracing::info!(client.id = %grant.client_id, "token request with bad client credentials");
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
@@ -101,11 +102,11 @@ async fn issue(state: &AppState, scheme: Scheme, headers: &HeaderMap, body: &[u8
             );
         }
         Err(e) => return crate::Error::from(e).into_response(),
-    }
+    };
     let base = crate::arm::base_url(state, scheme, headers);
     let issuer = format!("{base}/{}/", state.keys.tenant);
     let lifetime = state.settings.token_lifetime.as_secs() as i64;
-    let (token, exp) = state.keys.issue(&grant.client_id, &grant.audience, &issuer, lifetime);
+    let (token, exp) = state.keys.issue(&grant.client_id, &principal.subscriptions, &grant.audience, &issuer, lifetime);
     let now = exp - lifetime;
     let body = if v2 {
         json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token})

@@ -29,6 +29,11 @@ struct Args {
     /// GETs in the latency phase.
     #[arg(long, default_value_t = 8000)]
     gets: usize,
+    /// `jwt`: a service principal's access token, as the SDK's ServicePrincipalCredentials
+    /// sends (checked without a database read); `token`: a long-lived API token (one indexed
+    /// read per request, so revocation is immediate).
+    #[arg(long, default_value = "jwt")]
+    auth: String,
 }
 
 const SUB: &str = "00000000-0000-0000-0000-0000000000be";
@@ -50,7 +55,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let store = batchai_store::connect(&api_url).await?;
     let state = batchai_api::AppState::new(store.clone(), batchai_api::ApiSettings::default()).await?;
-    let (_, token) = batchai_api::auth::create_api_token(store.as_ref(), "bench", &[SUB.into()], None).await?;
+    let subs = [SUB.to_owned()];
+    let token = match args.auth.as_str() {
+        "jwt" => {
+            let (p, _) = batchai_api::auth::create_principal(store.as_ref(), "bench", &subs).await?;
+            state.keys.issue(&p.client_id, &subs, "https://management.core.windows.net/", "bench", 3600).0
+        }
+        "token" => batchai_api::auth::create_api_token(store.as_ref(), "bench", &subs, None).await?.1,
+        other => bail!("unknown auth {other}"),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = batchai_api::router(state.clone(), batchai_api::Scheme::Http);
@@ -104,7 +117,10 @@ async fn main() -> anyhow::Result<()> {
 
     let put_rate = args.jobs as f64 / put_secs;
     let raw_rate = args.jobs as f64 / raw_secs;
-    println!("backend: {}  clients: {}  jobs: {}  row: {row_bytes} B", args.backend, args.clients, args.jobs);
+    println!(
+        "backend: {}  auth: {}  clients: {}  jobs: {}  row: {row_bytes} B",
+        args.backend, args.auth, args.clients, args.jobs
+    );
     println!("| metric | value |");
     println!("|---|---|");
     println!("| job PUT throughput | {put_rate:.0} jobs/s |");

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The parent to insert under is missing or being deleted.
     #[error("parent missing or being deleted")]
     ParentGone,
+    /// The resource named by [`NewResource::requires`] is missing or being deleted.
+    #[error("required resource missing or being deleted")]
+    RequiredGone,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("unsupported database url '{0}': use postgres://… or sqlite://…")]
@@ -73,7 +76,7 @@ pub trait Store: Send + Sync + 'static {
     /// Inserts a resource (with its runtime row and, when given, the operation that finishes
     /// its creation) in one transaction. Fails with [`StoreError::Conflict`] if the key exists
     /// and [`StoreError::ParentGone`] if the parent (unless it is a subscription) is missing
-    /// or being deleted.
+    /// or being deleted, [`StoreError::RequiredGone`] likewise for `requires`.
     async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<()>;
     async fn get_resource(&self, key: &str) -> Result<Option<ResourceRow>>;
     async fn list_resources(&self, q: &ListQuery) -> Result<Vec<ResourceRow>>;

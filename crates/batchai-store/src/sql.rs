@@ -3,8 +3,10 @@
 //! Both dialects accept the same `$N` placeholders, `ON CONFLICT`, `RETURNING` and
 //! `COALESCE`; what differs is passed into [`sql_store!`] as literals: how a write transaction
 //! begins (SQLite must take the write lock up front, or a read-then-write transaction fails
-//! with `SQLITE_BUSY` under concurrency), the row lock that keeps a parent from being deleted
-//! under a child's insert, and `FOR UPDATE SKIP LOCKED` for claiming operations.
+//! with `SQLITE_BUSY` under concurrency) and `FOR UPDATE SKIP LOCKED` for claiming operations.
+//! Inserting a resource, the hot path of job submission, is written per dialect: one statement
+//! with data-modifying CTEs on Postgres (one round trip, the parent locked `FOR SHARE` so it
+//! cannot start deleting under the insert), one `BEGIN IMMEDIATE` transaction on SQLite.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use batchai_core::ids::Kind;
 use batchai_core::state::{AllocationState, ExecutionState, OperationStatus, ProvisioningState};
 use batchai_core::time::Millis;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::types::*;
@@ -26,21 +28,35 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-/// SQLite-backed store in one file.
+/// SQLite-backed store in one file. SQLite admits one writer at a time; writes go through a
+/// one-connection pool so they queue in order here instead of spinning in SQLite's busy
+/// handler, while reads use their own connections (WAL lets them run beside the writer).
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
 }
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let pool =
-            PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+        // Statements are prepared once per connection; a generic plan spares Postgres from
+        // re-planning them on every execution (their shape never depends on the values).
+        let opts = PgConnectOptions::from_str(url)?.options([("plan_cache_mode", "force_generic_plan")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         Ok(Self { pool })
     }
 
     pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Postgres takes concurrent writers; reads and writes share the pool.
+    fn writer(&self) -> &PgPool {
         &self.pool
     }
 }
@@ -53,9 +69,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
+        sqlx::migrate!("../../migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::migrate!("../../migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 }
 
@@ -232,8 +253,7 @@ macro_rules! operation_columns {
 }
 
 macro_rules! sql_store {
-    ($store:ident, backend = $backend:literal, begin_write = $begin:literal, lock_shared = $lock_shared:literal,
-     skip_locked = $skip_locked:literal) => {
+    ($store:ident, backend = $backend:literal, begin_write = $begin:literal, skip_locked = $skip_locked:literal) => {
         impl $store {
             async fn insert_operation_in(
                 conn: &mut <<Self as StoreDb>::Db as sqlx::Database>::Connection,
@@ -272,7 +292,7 @@ macro_rules! sql_store {
             }
 
             async fn ping(&self) -> Result<()> {
-                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                sqlx::query("SELECT 1").execute(self.writer()).await?;
                 Ok(())
             }
 
@@ -280,7 +300,7 @@ macro_rules! sql_store {
                 sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
                     .bind(key)
                     .bind(value)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                 let row = sqlx::query("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(&self.pool).await?;
                 Ok(row.try_get("value")?)
@@ -294,7 +314,7 @@ macro_rules! sql_store {
                 .bind(id)
                 .bind(format!("batchai subscription {id}"))
                 .bind(now)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(())
             }
@@ -322,7 +342,7 @@ macro_rules! sql_store {
                 .bind(subscription)
                 .bind(namespace_key)
                 .bind(state)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(())
             }
@@ -348,7 +368,7 @@ macro_rules! sql_store {
                 .bind(&p.secret_hash)
                 .bind(serde_json::to_string(&p.subscriptions).unwrap_or_default())
                 .bind(p.created_at)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
                 Ok(())
@@ -372,7 +392,7 @@ macro_rules! sql_store {
             async fn delete_principal(&self, client_id: &str) -> Result<bool> {
                 let done = sqlx::query("DELETE FROM principals WHERE client_id = $1")
                     .bind(client_id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -389,7 +409,7 @@ macro_rules! sql_store {
                 .bind(t.created_at)
                 .bind(t.expires_at)
                 .bind(t.revoked_at)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await
                 .map_err(|e| if is_unique_violation(&e) { StoreError::Conflict } else { e.into() })?;
                 Ok(())
@@ -407,84 +427,13 @@ macro_rules! sql_store {
                 let done = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                     .bind(id)
                     .bind(now)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
-                let mut tx = self.pool.begin_with($begin).await?;
-                if r.kind != Kind::ResourceGroup {
-                    let parent =
-                        sqlx::query(concat!("SELECT provisioning_state FROM resources WHERE key = $1", $lock_shared))
-                            .bind(&r.parent_key)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let state: Option<String> = parent.map(|p| p.try_get("provisioning_state")).transpose()?;
-                    if state.is_none_or(|s| s == ProvisioningState::Deleting.as_str()) {
-                        return Err(StoreError::ParentGone);
-                    }
-                }
-                let inserted = sqlx::query(
-                    "INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, \
-                     name, uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
-                     ON CONFLICT (key) DO NOTHING",
-                )
-                .bind(&r.key)
-                .bind(r.kind.as_str())
-                .bind(&r.subscription_id)
-                .bind(&r.rg_key)
-                .bind(&r.ws_key)
-                .bind(&r.exp_key)
-                .bind(&r.parent_key)
-                .bind(&r.arm_id)
-                .bind(&r.name)
-                .bind(&r.uid)
-                .bind(&r.location)
-                .bind(json_text(&r.tags))
-                .bind(json_text(&r.spec))
-                .bind(r.provisioning_state.as_str())
-                .bind(r.now)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 0 {
-                    return Err(StoreError::Conflict);
-                }
-                if let Some(j) = &r.job {
-                    sqlx::query(
-                        "INSERT INTO jobs (key, cluster_key, priority, node_count, tool_type, max_wall_clock_secs, \
-                         execution_state, execution_changed_at, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-                    )
-                    .bind(&r.key)
-                    .bind(&j.cluster_key)
-                    .bind(j.priority)
-                    .bind(j.node_count)
-                    .bind(&j.tool_type)
-                    .bind(j.max_wall_clock_secs)
-                    .bind(ExecutionState::Queued.as_str())
-                    .bind(r.now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(c) = &r.cluster {
-                    sqlx::query(
-                        "INSERT INTO clusters (key, vm_size, allocation_state, allocation_changed_at) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(&r.key)
-                    .bind(&c.vm_size)
-                    .bind(c.allocation_state.as_str())
-                    .bind(r.now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if let Some(op) = op {
-                    Self::insert_operation_in(&mut tx, op).await?;
-                }
-                tx.commit().await?;
-                Ok(())
+                self.insert_resource_impl(r, op).await
             }
 
             async fn get_resource(&self, key: &str) -> Result<Option<ResourceRow>> {
@@ -545,7 +494,7 @@ macro_rules! sql_store {
                     sqlx::query("UPDATE resources SET tags = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
                         .bind(key)
                         .bind(tags.to_string())
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await?;
                 Ok(done.rows_affected() == 1)
             }
@@ -557,7 +506,7 @@ macro_rules! sql_store {
                 allocation: AllocationState,
                 now: Millis,
             ) -> Result<bool> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.writer().begin_with($begin).await?;
                 let done =
                     sqlx::query("UPDATE resources SET spec = $2 WHERE key = $1 AND provisioning_state <> 'deleting'")
                         .bind(key)
@@ -595,13 +544,13 @@ macro_rules! sql_store {
                 .bind(from.as_str())
                 .bind(to.as_str())
                 .bind(now)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn begin_delete(&self, key: &str, op: &Operation) -> Result<bool> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.writer().begin_with($begin).await?;
                 let done = sqlx::query(
                     "UPDATE resources SET provisioning_state = 'deleting', provisioning_changed_at = $2 \
                      WHERE key = $1 AND provisioning_state <> 'deleting'",
@@ -619,7 +568,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_subtree(&self, key: &str, kind: Kind) -> Result<()> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.writer().begin_with($begin).await?;
                 let row = sqlx::query("SELECT subscription_id, rg_key, ws_key, exp_key FROM resources WHERE key = $1")
                     .bind(key)
                     .fetch_optional(&mut *tx)
@@ -687,13 +636,13 @@ macro_rules! sql_store {
                 .bind(o.end_time)
                 .bind(o.exit_code)
                 .bind(errors)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn insert_operation(&self, op: &Operation) -> Result<()> {
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = self.writer().acquire().await?;
                 Self::insert_operation_in(&mut conn, op).await
             }
 
@@ -717,7 +666,7 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(lease_until)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.writer())
                 .await?;
                 rows.iter().map(operation_from).collect()
             }
@@ -738,12 +687,177 @@ macro_rules! sql_store {
                 .bind(error.map(|e| e.0))
                 .bind(error.map(|e| e.1))
                 .bind(now)
-                .execute(&self.pool)
+                .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
         }
     };
+}
+
+/// Why an insert wrote nothing, from the checks made with it.
+fn insert_refusal(r: &NewResource, parent_ok: bool, required_ok: bool) -> StoreError {
+    if r.kind != Kind::ResourceGroup && !parent_ok {
+        StoreError::ParentGone
+    } else if r.requires.is_some() && !required_ok {
+        StoreError::RequiredGone
+    } else {
+        StoreError::Conflict
+    }
+}
+
+impl PgStore {
+    /// One statement, so one round trip: the parent (and the resource it requires) are locked
+    /// `FOR SHARE` and checked, and the resource, its runtime row and its operation are written
+    /// only if they pass.
+    async fn insert_resource_impl(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
+        let row = sqlx::query(
+            "WITH parent AS (SELECT provisioning_state FROM resources WHERE key = $7 FOR SHARE), \
+             required AS (SELECT provisioning_state FROM resources WHERE key = $16 FOR SHARE), \
+             ins AS ( \
+               INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, name, \
+                 uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15 \
+               WHERE ($2 = 'resourceGroup' OR EXISTS (SELECT 1 FROM parent WHERE provisioning_state <> 'deleting')) \
+                 AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM required WHERE provisioning_state <> 'deleting')) \
+               ON CONFLICT (key) DO NOTHING RETURNING key), \
+             job AS ( \
+               INSERT INTO jobs (key, cluster_key, priority, node_count, tool_type, max_wall_clock_secs, \
+                 execution_state, execution_changed_at, created_at) \
+               SELECT key, $17, $18, $19, $20, $21, 'queued', $15, $15 FROM ins WHERE $17::text IS NOT NULL), \
+             cl AS ( \
+               INSERT INTO clusters (key, vm_size, allocation_state, allocation_changed_at) \
+               SELECT key, $22, $23, $15 FROM ins WHERE $22::text IS NOT NULL), \
+             op AS ( \
+               INSERT INTO operations (id, subscription_id, location, kind, resource_kind, resource_key, resource_id, \
+                 dollar_id, status, started_at, ended_at, run_after, attempts) \
+               SELECT $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, 0 FROM ins WHERE $24::text IS NOT NULL) \
+             SELECT (SELECT count(*) FROM ins) AS inserted, \
+               (SELECT count(*) FROM parent WHERE provisioning_state <> 'deleting') AS parent_ok, \
+               (SELECT count(*) FROM required WHERE provisioning_state <> 'deleting') AS required_ok",
+        )
+        .bind(&r.key)
+        .bind(r.kind.as_str())
+        .bind(&r.subscription_id)
+        .bind(&r.rg_key)
+        .bind(&r.ws_key)
+        .bind(&r.exp_key)
+        .bind(&r.parent_key)
+        .bind(&r.arm_id)
+        .bind(&r.name)
+        .bind(&r.uid)
+        .bind(&r.location)
+        .bind(json_text(&r.tags))
+        .bind(json_text(&r.spec))
+        .bind(r.provisioning_state.as_str())
+        .bind(r.now)
+        .bind(&r.requires)
+        .bind(r.job.as_ref().map(|j| j.cluster_key.clone()))
+        .bind(r.job.as_ref().map(|j| j.priority))
+        .bind(r.job.as_ref().map(|j| j.node_count))
+        .bind(r.job.as_ref().map(|j| j.tool_type.clone()))
+        .bind(r.job.as_ref().map(|j| j.max_wall_clock_secs))
+        .bind(r.cluster.as_ref().map(|c| c.vm_size.clone()))
+        .bind(r.cluster.as_ref().map(|c| c.allocation_state.as_str()))
+        .bind(op.map(|o| o.id.clone()))
+        .bind(op.map(|o| o.subscription_id.clone()))
+        .bind(op.map(|o| o.location.clone()))
+        .bind(op.map(|o| o.kind.as_str()))
+        .bind(op.map(|o| o.resource_kind.as_str()))
+        .bind(op.map(|o| o.resource_key.clone()))
+        .bind(op.map(|o| o.resource_id.clone()))
+        .bind(op.map(|o| o.dollar_id.clone()))
+        .bind(op.map(|o| o.status.as_str()))
+        .bind(op.map(|o| o.started_at))
+        .bind(op.and_then(|o| o.ended_at))
+        .bind(op.map(|o| o.run_after))
+        .fetch_one(self.writer())
+        .await?;
+        let count = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
+        if count("inserted")? == 1 {
+            return Ok(());
+        }
+        Err(insert_refusal(r, count("parent_ok")? > 0, count("required_ok")? > 0))
+    }
+}
+
+impl SqliteStore {
+    /// One write transaction (SQLite serialises writers, so checks and writes cannot
+    /// interleave with another server's).
+    async fn insert_resource_impl(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let checks = sqlx::query(
+            "SELECT (SELECT count(*) FROM resources WHERE key = $1 AND provisioning_state <> 'deleting') AS parent_ok, \
+             (SELECT count(*) FROM resources WHERE key = $2 AND provisioning_state <> 'deleting') AS required_ok",
+        )
+        .bind(&r.parent_key)
+        .bind(&r.requires)
+        .fetch_one(&mut *tx)
+        .await?;
+        let parent_ok = checks.try_get::<i64, _>("parent_ok")? > 0;
+        let required_ok = checks.try_get::<i64, _>("required_ok")? > 0;
+        if (r.kind != Kind::ResourceGroup && !parent_ok) || (r.requires.is_some() && !required_ok) {
+            return Err(insert_refusal(r, parent_ok, required_ok));
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, \
+             name, uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(&r.key)
+        .bind(r.kind.as_str())
+        .bind(&r.subscription_id)
+        .bind(&r.rg_key)
+        .bind(&r.ws_key)
+        .bind(&r.exp_key)
+        .bind(&r.parent_key)
+        .bind(&r.arm_id)
+        .bind(&r.name)
+        .bind(&r.uid)
+        .bind(&r.location)
+        .bind(json_text(&r.tags))
+        .bind(json_text(&r.spec))
+        .bind(r.provisioning_state.as_str())
+        .bind(r.now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict);
+        }
+        if let Some(j) = &r.job {
+            sqlx::query(
+                "INSERT INTO jobs (key, cluster_key, priority, node_count, tool_type, max_wall_clock_secs, \
+                 execution_state, execution_changed_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7)",
+            )
+            .bind(&r.key)
+            .bind(&j.cluster_key)
+            .bind(j.priority)
+            .bind(j.node_count)
+            .bind(&j.tool_type)
+            .bind(j.max_wall_clock_secs)
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(c) = &r.cluster {
+            sqlx::query(
+                "INSERT INTO clusters (key, vm_size, allocation_state, allocation_changed_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&r.key)
+            .bind(&c.vm_size)
+            .bind(c.allocation_state.as_str())
+            .bind(r.now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(op) = op {
+            Self::insert_operation_in(&mut tx, op).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Names the database type of each store, for the shared helper's signature.
@@ -759,11 +873,5 @@ impl StoreDb for SqliteStore {
     type Db = sqlx::Sqlite;
 }
 
-sql_store!(
-    PgStore,
-    backend = "postgres",
-    begin_write = "BEGIN",
-    lock_shared = " FOR SHARE",
-    skip_locked = " FOR UPDATE SKIP LOCKED"
-);
-sql_store!(SqliteStore, backend = "sqlite", begin_write = "BEGIN IMMEDIATE", lock_shared = "", skip_locked = "");
+sql_store!(PgStore, backend = "postgres", begin_write = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED");
+sql_store!(SqliteStore, backend = "sqlite", begin_write = "BEGIN IMMEDIATE", skip_locked = "");

@@ -70,6 +70,8 @@ pub struct NewResource {
     pub now: Millis,
     pub job: Option<NewJob>,
     pub cluster: Option<NewCluster>,
+    /// Key of another resource that must exist and not be being deleted (a job's cluster).
+    pub requires: Option<String>,
 }
 
 /// A job error as `executionInfo.errors` shows it.

@@ -109,6 +109,7 @@ fn new(r: &ResourceRef, state: ProvisioningState) -> NewResource {
         }),
         cluster: (r.kind == Kind::Cluster)
             .then(|| NewCluster { vm_size: "STANDARD_NC6".into(), allocation_state: AllocationState::Resizing }),
+        requires: None,
     }
 }
 
@@ -211,6 +212,25 @@ async fn insert_conflicts_and_parent_checks(db: &Db) {
     assert!(s.get_operation("create-late").await.unwrap().is_none());
     let row = s.get_resource(&ws.key()).await.unwrap().unwrap();
     assert_eq!(row.arm_id, ws.id());
+    // A job whose cluster is missing, or being deleted, is refused with its operation.
+    let (_, ws2, exp2, _, cl2) = tree(s.as_ref(), "rg-req").await;
+    let j = exp2.child(Kind::Job, name("needs-cluster", Kind::Job));
+    let mut job = new(&j, ProvisioningState::Succeeded);
+    job.requires = Some(ws2.child(Kind::Cluster, name("absent", Kind::Cluster)).key());
+    let job_op = op("create-j", &j, OperationKind::Create, 0);
+    assert!(matches!(s.insert_resource(&job, Some(&job_op)).await, Err(StoreError::RequiredGone)));
+    assert!(s.begin_delete(&cl2.key(), &op("del-cl", &cl2, OperationKind::Delete, 0)).await.unwrap());
+    job.requires = Some(cl2.key());
+    assert!(matches!(s.insert_resource(&job, Some(&job_op)).await, Err(StoreError::RequiredGone)));
+    assert!(s.get_operation("create-j").await.unwrap().is_none());
+    assert!(s.get_resource(&j.key()).await.unwrap().is_none());
+    let cl3 = ws2.child(Kind::Cluster, name("live", Kind::Cluster));
+    s.insert_resource(&new(&cl3, ProvisioningState::Succeeded), None).await.unwrap();
+    job.requires = Some(cl3.key());
+    s.insert_resource(&job, Some(&job_op)).await.unwrap();
+    let stored = s.get_resource(&j.key()).await.unwrap().unwrap();
+    assert_eq!(stored.job.unwrap().execution_state, ExecutionState::Queued);
+    assert_eq!(s.get_operation("create-j").await.unwrap().unwrap().resource_key, j.key());
     assert_eq!(row.spec, Some(serde_json::json!({"k": "v"})));
 }
 

@@ -276,7 +276,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     new.cluster = Some(NewCluster { vm_size: spec.vm_size.clone(), allocation_state: allocation });
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
     ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
-    ctx.state.ops_wake.notify_one();
+    lro::wake_if_pending(ctx, &op);
     tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
     Ok(lro::accepted(ctx, &op))
 }
@@ -313,14 +313,6 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let mut spec = body.properties;
     let (tool, cluster, priority, wall_secs) = validate::job(&spec)?;
     let exp = require_parent(ctx, r).await?;
-    let cluster_row = ctx.state.store.get_resource(&cluster.key()).await?;
-    if cluster_row.as_ref().is_none_or(|c| c.provisioning_state == ProvisioningState::Deleting) {
-        return Err(ApiError::invalid(
-            "properties.cluster.id",
-            format!("The cluster '{}' does not exist or is being deleted.", spec.cluster.id),
-        )
-        .into());
-    }
     spec.apply_defaults();
     let (op, state) = lro::create_operation(ctx, r, exp.location.as_deref().unwrap_or("local"));
     let mut new = new_resource(r, None, None, None, state);
@@ -331,9 +323,18 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         tool_type: tool.as_str().into(),
         max_wall_clock_secs: wall_secs as i64,
     });
+    // Checked in the insert's own transaction, so a cluster deleted meanwhile is noticed.
+    new.requires = Some(cluster.key());
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
-    ctx.state.ops_wake.notify_one();
+    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| match e {
+        StoreError::RequiredGone => ApiError::invalid(
+            "properties.cluster.id",
+            format!("The cluster '{}' does not exist or is being deleted.", spec.cluster.id),
+        )
+        .into(),
+        other => insert_error(r, other),
+    })?;
+    lro::wake_if_pending(ctx, &op);
     tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");
     Ok(lro::accepted(ctx, &op))
 }

@@ -85,6 +85,7 @@ pub(super) fn new_resource(
         now: now_millis(),
         job: None,
         cluster: None,
+        requires: None,
     }
 }
 
