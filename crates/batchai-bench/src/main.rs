@@ -105,12 +105,22 @@ async fn main() -> anyhow::Result<()> {
 
     // GET latency.
     let n = args.jobs;
+    let api2 = api.clone();
     let get_lat = run_clients(args.clients, args.gets, move |i| {
-        let api = api.clone();
+        let api = api2.clone();
         let path = format!("{jobs_path}/job-{:07}?api-version=2018-05-01", (i * 7919) % n);
         async move { api.get(&path).await }
     })
     .await?;
+
+    // The HTTP floor: an authenticated request that touches no database.
+    let floor_started = Instant::now();
+    run_clients(args.clients, args.gets, move |_| {
+        let api = api.clone();
+        async move { api.get("/providers/Microsoft.BatchAI/operations?api-version=2018-05-01").await }
+    })
+    .await?;
+    let floor_rate = args.gets as f64 / floor_started.elapsed().as_secs_f64();
 
     // Raw baseline: one autocommit INSERT of a same-size row per job, same concurrency.
     let raw_secs = raw_inserts(&raw_url, args.clients, args.jobs, row_bytes).await?;
@@ -126,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| job PUT throughput | {put_rate:.0} jobs/s |");
     println!("| job PUT latency p50 / p99 | {} / {} ms |", ms(pct(&put_lat, 50.0)), ms(pct(&put_lat, 99.0)));
     println!("| job GET latency p50 / p99 | {} / {} ms |", ms(pct(&get_lat, 50.0)), ms(pct(&get_lat, 99.0)));
+    println!("| HTTP floor (no database) | {floor_rate:.0} req/s |");
     println!("| raw sqlx INSERT throughput | {raw_rate:.0} rows/s |");
     println!("| ratio PUT / raw INSERT | {:.2} (target >= 0.5) |", put_rate / raw_rate);
     Ok(())

@@ -6,6 +6,7 @@
 //! is a guarded `UPDATE … WHERE state = $expected` whose affected-row count says who won.
 //! Migrations for both live in `migrations/` at the workspace root and run on connect.
 
+mod insert;
 mod sql;
 mod types;
 
@@ -77,7 +78,10 @@ pub trait Store: Send + Sync + 'static {
     /// its creation) in one transaction. Fails with [`StoreError::Conflict`] if the key exists
     /// and [`StoreError::ParentGone`] if the parent (unless it is a subscription) is missing
     /// or being deleted, [`StoreError::RequiredGone`] likewise for `requires`.
-    async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<()>;
+    ///
+    /// The operation's location becomes the parent's when the parent has one (children live in
+    /// their workspace's region); the location used is returned.
+    async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<Inserted>;
     async fn get_resource(&self, key: &str) -> Result<Option<ResourceRow>>;
     async fn list_resources(&self, q: &ListQuery) -> Result<Vec<ResourceRow>>;
     async fn update_tags(&self, key: &str, tags: &serde_json::Value) -> Result<bool>;

@@ -19,6 +19,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::insert::{Batcher, pg_insert_batch, sqlite_insert_batch};
 use crate::types::*;
 use crate::{Result, Store, StoreError};
 
@@ -26,6 +27,7 @@ use crate::{Result, Store, StoreError};
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    inserts: Batcher,
 }
 
 /// SQLite-backed store in one file. SQLite admits one writer at a time; writes go through a
@@ -35,6 +37,7 @@ pub struct PgStore {
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
+    inserts: Batcher,
 }
 
 impl PgStore {
@@ -48,7 +51,9 @@ impl PgStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let batch_pool = pool.clone();
+        let inserts = Batcher::spawn(4, move |batch| pg_insert_batch(batch_pool.clone(), batch));
+        Ok(Self { pool, inserts })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -72,7 +77,9 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
         sqlx::migrate!("../../migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        Ok(Self { pool, writer })
+        let batch_writer = writer.clone();
+        let inserts = Batcher::spawn(1, move |batch| sqlite_insert_batch(batch_writer.clone(), batch));
+        Ok(Self { pool, writer, inserts })
     }
 
     fn writer(&self) -> &SqlitePool {
@@ -86,10 +93,6 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 fn json_col(raw: Option<String>, what: &str) -> Result<Option<serde_json::Value>> {
     raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
-}
-
-fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
-    v.as_ref().map(|v| v.to_string())
 }
 
 fn list_col(raw: String) -> Result<Vec<String>> {
@@ -255,7 +258,7 @@ macro_rules! operation_columns {
 macro_rules! sql_store {
     ($store:ident, backend = $backend:literal, begin_write = $begin:literal, skip_locked = $skip_locked:literal) => {
         impl $store {
-            async fn insert_operation_in(
+            pub(crate) async fn insert_operation_in(
                 conn: &mut <<Self as StoreDb>::Db as sqlx::Database>::Connection,
                 op: &Operation,
             ) -> Result<()> {
@@ -432,8 +435,8 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
-                self.insert_resource_impl(r, op).await
+            async fn insert_resource(&self, r: &NewResource, op: Option<&Operation>) -> Result<Inserted> {
+                self.inserts.submit(r.clone(), op.cloned()).await
             }
 
             async fn get_resource(&self, key: &str) -> Result<Option<ResourceRow>> {
@@ -695,173 +698,8 @@ macro_rules! sql_store {
     };
 }
 
-/// Why an insert wrote nothing, from the checks made with it.
-fn insert_refusal(r: &NewResource, parent_ok: bool, required_ok: bool) -> StoreError {
-    if r.kind != Kind::ResourceGroup && !parent_ok {
-        StoreError::ParentGone
-    } else if r.requires.is_some() && !required_ok {
-        StoreError::RequiredGone
-    } else {
-        StoreError::Conflict
-    }
-}
-
-impl PgStore {
-    /// One statement, so one round trip: the parent (and the resource it requires) are locked
-    /// `FOR SHARE` and checked, and the resource, its runtime row and its operation are written
-    /// only if they pass.
-    async fn insert_resource_impl(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
-        let row = sqlx::query(
-            "WITH parent AS (SELECT provisioning_state FROM resources WHERE key = $7 FOR SHARE), \
-             required AS (SELECT provisioning_state FROM resources WHERE key = $16 FOR SHARE), \
-             ins AS ( \
-               INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, name, \
-                 uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
-               SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15 \
-               WHERE ($2 = 'resourceGroup' OR EXISTS (SELECT 1 FROM parent WHERE provisioning_state <> 'deleting')) \
-                 AND ($16::text IS NULL OR EXISTS (SELECT 1 FROM required WHERE provisioning_state <> 'deleting')) \
-               ON CONFLICT (key) DO NOTHING RETURNING key), \
-             job AS ( \
-               INSERT INTO jobs (key, cluster_key, priority, node_count, tool_type, max_wall_clock_secs, \
-                 execution_state, execution_changed_at, created_at) \
-               SELECT key, $17, $18, $19, $20, $21, 'queued', $15, $15 FROM ins WHERE $17::text IS NOT NULL), \
-             cl AS ( \
-               INSERT INTO clusters (key, vm_size, allocation_state, allocation_changed_at) \
-               SELECT key, $22, $23, $15 FROM ins WHERE $22::text IS NOT NULL), \
-             op AS ( \
-               INSERT INTO operations (id, subscription_id, location, kind, resource_kind, resource_key, resource_id, \
-                 dollar_id, status, started_at, ended_at, run_after, attempts) \
-               SELECT $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, 0 FROM ins WHERE $24::text IS NOT NULL) \
-             SELECT (SELECT count(*) FROM ins) AS inserted, \
-               (SELECT count(*) FROM parent WHERE provisioning_state <> 'deleting') AS parent_ok, \
-               (SELECT count(*) FROM required WHERE provisioning_state <> 'deleting') AS required_ok",
-        )
-        .bind(&r.key)
-        .bind(r.kind.as_str())
-        .bind(&r.subscription_id)
-        .bind(&r.rg_key)
-        .bind(&r.ws_key)
-        .bind(&r.exp_key)
-        .bind(&r.parent_key)
-        .bind(&r.arm_id)
-        .bind(&r.name)
-        .bind(&r.uid)
-        .bind(&r.location)
-        .bind(json_text(&r.tags))
-        .bind(json_text(&r.spec))
-        .bind(r.provisioning_state.as_str())
-        .bind(r.now)
-        .bind(&r.requires)
-        .bind(r.job.as_ref().map(|j| j.cluster_key.clone()))
-        .bind(r.job.as_ref().map(|j| j.priority))
-        .bind(r.job.as_ref().map(|j| j.node_count))
-        .bind(r.job.as_ref().map(|j| j.tool_type.clone()))
-        .bind(r.job.as_ref().map(|j| j.max_wall_clock_secs))
-        .bind(r.cluster.as_ref().map(|c| c.vm_size.clone()))
-        .bind(r.cluster.as_ref().map(|c| c.allocation_state.as_str()))
-        .bind(op.map(|o| o.id.clone()))
-        .bind(op.map(|o| o.subscription_id.clone()))
-        .bind(op.map(|o| o.location.clone()))
-        .bind(op.map(|o| o.kind.as_str()))
-        .bind(op.map(|o| o.resource_kind.as_str()))
-        .bind(op.map(|o| o.resource_key.clone()))
-        .bind(op.map(|o| o.resource_id.clone()))
-        .bind(op.map(|o| o.dollar_id.clone()))
-        .bind(op.map(|o| o.status.as_str()))
-        .bind(op.map(|o| o.started_at))
-        .bind(op.and_then(|o| o.ended_at))
-        .bind(op.map(|o| o.run_after))
-        .fetch_one(self.writer())
-        .await?;
-        let count = |c: &str| -> Result<i64> { Ok(row.try_get::<i64, _>(c)?) };
-        if count("inserted")? == 1 {
-            return Ok(());
-        }
-        Err(insert_refusal(r, count("parent_ok")? > 0, count("required_ok")? > 0))
-    }
-}
-
-impl SqliteStore {
-    /// One write transaction (SQLite serialises writers, so checks and writes cannot
-    /// interleave with another server's).
-    async fn insert_resource_impl(&self, r: &NewResource, op: Option<&Operation>) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let checks = sqlx::query(
-            "SELECT (SELECT count(*) FROM resources WHERE key = $1 AND provisioning_state <> 'deleting') AS parent_ok, \
-             (SELECT count(*) FROM resources WHERE key = $2 AND provisioning_state <> 'deleting') AS required_ok",
-        )
-        .bind(&r.parent_key)
-        .bind(&r.requires)
-        .fetch_one(&mut *tx)
-        .await?;
-        let parent_ok = checks.try_get::<i64, _>("parent_ok")? > 0;
-        let required_ok = checks.try_get::<i64, _>("required_ok")? > 0;
-        if (r.kind != Kind::ResourceGroup && !parent_ok) || (r.requires.is_some() && !required_ok) {
-            return Err(insert_refusal(r, parent_ok, required_ok));
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, \
-             name, uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) \
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(&r.key)
-        .bind(r.kind.as_str())
-        .bind(&r.subscription_id)
-        .bind(&r.rg_key)
-        .bind(&r.ws_key)
-        .bind(&r.exp_key)
-        .bind(&r.parent_key)
-        .bind(&r.arm_id)
-        .bind(&r.name)
-        .bind(&r.uid)
-        .bind(&r.location)
-        .bind(json_text(&r.tags))
-        .bind(json_text(&r.spec))
-        .bind(r.provisioning_state.as_str())
-        .bind(r.now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict);
-        }
-        if let Some(j) = &r.job {
-            sqlx::query(
-                "INSERT INTO jobs (key, cluster_key, priority, node_count, tool_type, max_wall_clock_secs, \
-                 execution_state, execution_changed_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7)",
-            )
-            .bind(&r.key)
-            .bind(&j.cluster_key)
-            .bind(j.priority)
-            .bind(j.node_count)
-            .bind(&j.tool_type)
-            .bind(j.max_wall_clock_secs)
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(c) = &r.cluster {
-            sqlx::query(
-                "INSERT INTO clusters (key, vm_size, allocation_state, allocation_changed_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&r.key)
-            .bind(&c.vm_size)
-            .bind(c.allocation_state.as_str())
-            .bind(r.now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(op) = op {
-            Self::insert_operation_in(&mut tx, op).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
 /// Names the database type of each store, for the shared helper's signature.
-trait StoreDb {
+pub(crate) trait StoreDb {
     type Db: sqlx::Database;
 }
 

@@ -74,6 +74,13 @@ pub struct NewResource {
     pub requires: Option<String>,
 }
 
+/// What an insert reports back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inserted {
+    /// The parent's location, when it has one.
+    pub parent_location: Option<String>,
+}
+
 /// A job error as `executionInfo.errors` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobError {

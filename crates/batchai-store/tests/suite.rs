@@ -64,6 +64,7 @@ mod both {
         delete_cascades_to_the_subtree,
         operations_are_claimed_once_across_servers,
         expired_leases_are_reclaimed,
+        concurrent_inserts_each_get_their_own_outcome,
     );
 }
 
@@ -371,4 +372,40 @@ async fn expired_leases_are_reclaimed(db: &Db) {
     assert_eq!(again[0].attempts, 2);
     s.finish_operation("o", OperationStatus::Succeeded, None, 210).await.unwrap();
     assert!(s.claim_operations(1_000, 2_000, 10).await.unwrap().is_empty(), "finished operations are not claimed");
+}
+
+/// Inserts share batches under load; each request still gets its own outcome.
+async fn concurrent_inserts_each_get_their_own_outcome(db: &Db) {
+    let s = db.open().await;
+    let (_, ws, exp, _, cl) = tree(s.as_ref(), "rg").await;
+    let mut tasks = Vec::new();
+    for i in 0..120 {
+        let s = s.clone();
+        // 100 distinct jobs, 10 racing copies of one job, 10 jobs of a missing cluster.
+        let (job_name, requires) = match i {
+            0..100 => (format!("j{i}"), cl.key()),
+            100..110 => ("same".to_owned(), cl.key()),
+            _ => (format!("orphan{i}"), ws.child(Kind::Cluster, name("none", Kind::Cluster)).key()),
+        };
+        let j = exp.child(Kind::Job, name(&job_name, Kind::Job));
+        let mut r = new(&j, ProvisioningState::Succeeded);
+        r.requires = Some(requires);
+        let o = op(&format!("op{i}"), &j, OperationKind::Create, 0);
+        tasks.push(tokio::spawn(async move { (i, s.insert_resource(&r, Some(&o)).await) }));
+    }
+    let (mut ok, mut conflict, mut required) = (0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (_, Ok(inserted)) => {
+                assert_eq!(inserted.parent_location.as_deref(), Some("eastus"));
+                ok += 1
+            }
+            (100..110, Err(StoreError::Conflict)) => conflict += 1,
+            (110.., Err(StoreError::RequiredGone)) => required += 1,
+            (i, Err(e)) => panic!("request {i}: {e}"),
+        }
+    }
+    assert_eq!((ok, conflict, required), (101, 9, 10));
+    let q = ListQuery { kind: Kind::Job, scope: Scope::Parent(exp.key()), after: None, limit: 1000 };
+    assert_eq!(s.list_resources(&q).await.unwrap().len(), 102, "101 new jobs and the tree's one");
 }

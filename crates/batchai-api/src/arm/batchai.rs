@@ -169,8 +169,8 @@ async fn children(ctx: &Ctx, parent: &ResourceRef, kind: Kind) -> Result<Respons
     list_page(ctx, kind, Scope::Parent(parent.key()), page).await
 }
 
-/// Maps the store's insert outcome for a resource of `r`'s kind.
-fn insert_error(r: &ResourceRef, e: StoreError) -> Error {
+/// Why the store refused to insert `r`, as the client should hear it.
+async fn insert_failed(ctx: &Ctx, r: &ResourceRef, e: StoreError) -> Error {
     match e {
         StoreError::Conflict => ApiError::new(
             ErrorCode::Conflict,
@@ -182,6 +182,11 @@ fn insert_error(r: &ResourceRef, e: StoreError) -> Error {
             ),
         )
         .into(),
+        // Found out after the fact, to keep the hot path at one statement.
+        StoreError::ParentGone => match require_parent(ctx, r).await {
+            Err(e) => e,
+            Ok(_) => ApiError::new(ErrorCode::ResourceBeingDeleted, "The parent resource was being deleted.").into(),
+        },
         other => other.into(),
     }
 }
@@ -217,7 +222,9 @@ async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         return get(ctx, r).await;
     }
     let new = new_resource(r, Some(body.location), tags, None, ProvisioningState::Succeeded);
-    ctx.state.store.insert_resource(&new, None).await.map_err(|e| insert_error(r, e))?;
+    if let Err(e) = ctx.state.store.insert_resource(&new, None).await {
+        return Err(insert_failed(ctx, r, e).await);
+    }
     get(ctx, r).await
 }
 
@@ -238,7 +245,7 @@ async fn put_experiment(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     }
     let new = new_resource(r, ws.location, None, None, ProvisioningState::Succeeded);
     match ctx.state.store.insert_resource(&new, None).await {
-        Ok(()) | Err(StoreError::Conflict) => get(ctx, r).await,
+        Ok(_) | Err(StoreError::Conflict) => get(ctx, r).await,
         Err(e) => Err(e.into()),
     }
 }
@@ -260,9 +267,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let body: Create<ClusterSpec> = validate::parse_json(&ctx.body, "")?;
     let mut spec = body.properties;
     validate::cluster(&spec)?;
-    let ws = require_parent(ctx, r).await?;
-    let location = ws.location.clone().unwrap_or_else(|| "local".into());
-    let (op, state) = lro::create_operation(ctx, r, &location);
+    let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
     spec.apply_defaults(&format!(
         "{}/{}/workspaces/{}/clusters/{}/{}",
@@ -275,7 +280,11 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let allocation = if initial_target(&spec) > 0 { AllocationState::Resizing } else { AllocationState::Steady };
     new.cluster = Some(NewCluster { vm_size: spec.vm_size.clone(), allocation_state: allocation });
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| insert_error(r, e))?;
+    let inserted = match ctx.state.store.insert_resource(&new, Some(&op)).await {
+        Ok(i) => i,
+        Err(e) => return Err(insert_failed(ctx, r, e).await),
+    };
+    op.location = inserted.parent_location.unwrap_or(op.location);
     lro::wake_if_pending(ctx, &op);
     tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
     Ok(lro::accepted(ctx, &op))
@@ -312,9 +321,8 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let body: Create<JobSpec> = validate::parse_json(&ctx.body, "")?;
     let mut spec = body.properties;
     let (tool, cluster, priority, wall_secs) = validate::job(&spec)?;
-    let exp = require_parent(ctx, r).await?;
     spec.apply_defaults();
-    let (op, state) = lro::create_operation(ctx, r, exp.location.as_deref().unwrap_or("local"));
+    let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
     new.job = Some(NewJob {
         cluster_key: cluster.key(),
@@ -326,14 +334,18 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     // Checked in the insert's own transaction, so a cluster deleted meanwhile is noticed.
     new.requires = Some(cluster.key());
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    ctx.state.store.insert_resource(&new, Some(&op)).await.map_err(|e| match e {
-        StoreError::RequiredGone => ApiError::invalid(
-            "properties.cluster.id",
-            format!("The cluster '{}' does not exist or is being deleted.", spec.cluster.id),
-        )
-        .into(),
-        other => insert_error(r, other),
-    })?;
+    let inserted = match ctx.state.store.insert_resource(&new, Some(&op)).await {
+        Ok(i) => i,
+        Err(StoreError::RequiredGone) => {
+            return Err(ApiError::invalid(
+                "properties.cluster.id",
+                format!("The cluster '{}' does not exist or is being deleted.", spec.cluster.id),
+            )
+            .into());
+        }
+        Err(e) => return Err(insert_failed(ctx, r, e).await),
+    };
+    op.location = inserted.parent_location.unwrap_or(op.location);
     lro::wake_if_pending(ctx, &op);
     tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");
     Ok(lro::accepted(ctx, &op))

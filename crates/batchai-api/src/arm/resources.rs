@@ -176,7 +176,7 @@ async fn put_group(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     }
     let new = new_resource(r, Some(body.location.clone()), tags.clone(), None, ProvisioningState::Succeeded);
     match store.insert_resource(&new, None).await {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(batchai_store::StoreError::Conflict) => {
             let existing = load_group(ctx, r).await?;
             return update_existing_group(ctx, existing, &body.location, tags).await;
