@@ -26,7 +26,7 @@ cargo build --workspace --locked
 export BATCHAI_BIN="$CARGO_TARGET_DIR/debug/batchai"
 
 step "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "python SDK suite"
 venv="$(scripts/sdk-venv.sh)"

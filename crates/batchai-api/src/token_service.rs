@@ -1,8 +1,8 @@
 //! An AAD-compatible token service for the client-credentials grant.
 //!
 //! adal (behind msrestazure's `ServicePrincipalCredentials`) posts to `{authority}/oauth2/token`;
-//! with an authority ending in `/adfs` it skips instance discovery, which is why `/adfs/…` is
-//! served. MSAL (azure-identity) reads the v2 OpenID configuration and posts to the v2 endpoint.
+//! with an authority ending in `/adfs` it skips instance discovery, so clients use
+//! `https://host/adfs` and post to `/adfs/oauth2/token` (the `{tenant}` route with tenant `adfs`). MSAL (azure-identity) reads the v2 OpenID configuration and posts to the v2 endpoint.
 //! Errors use the OAuth2 shape (`error`, `error_description`), as those libraries expect.
 
 use axum::Router;
@@ -18,7 +18,6 @@ use crate::{AppState, Scheme, auth};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/adfs/oauth2/token", post(token_v1_adfs))
         .route("/{tenant}/oauth2/token", post(token_v1))
         .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(openid_configuration))
@@ -124,15 +123,6 @@ async fn issue(state: &AppState, scheme: Scheme, headers: &HeaderMap, body: &[u8
     let mut res = axum::Json(body).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
     res
-}
-
-async fn token_v1_adfs(
-    State(state): State<AppState>,
-    axum::Extension(scheme): axum::Extension<Scheme>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    issue(&state, scheme, &headers, &body, false).await
 }
 
 async fn token_v1(

@@ -224,23 +224,29 @@ async fn fresh_pg(admin: &str) -> anyhow::Result<String> {
 
 async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -> anyhow::Result<f64> {
     let body = "x".repeat(row_bytes);
-    let started;
+    // The same loop over either pool type.
+    macro_rules! timed_inserts {
+        ($pool:expr) => {{
+            let pool = $pool;
+            sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
+            let started = Instant::now();
+            run_clients(clients, rows, move |i| {
+                let (pool, body) = (pool.clone(), body.clone());
+                async move {
+                    sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
+                        .bind(format!("row-{i}"))
+                        .bind(body)
+                        .execute(&pool)
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await?;
+            started.elapsed().as_secs_f64()
+        }};
+    }
     if url.starts_with("postgres") {
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(clients as u32).connect(url).await?;
-        sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
-        started = Instant::now();
-        run_clients(clients, rows, move |i| {
-            let (pool, body) = (pool.clone(), body.clone());
-            async move {
-                sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
-                    .bind(format!("row-{i}"))
-                    .bind(body)
-                    .execute(&pool)
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?;
+        Ok(timed_inserts!(sqlx::postgres::PgPoolOptions::new().max_connections(clients as u32).connect(url).await?))
     } else {
         use std::str::FromStr;
         let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
@@ -248,21 +254,6 @@ async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
-        sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
-        started = Instant::now();
-        run_clients(clients, rows, move |i| {
-            let (pool, body) = (pool.clone(), body.clone());
-            async move {
-                sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
-                    .bind(format!("row-{i}"))
-                    .bind(body)
-                    .execute(&pool)
-                    .await?;
-                Ok(())
-            }
-        })
-        .await?;
+        Ok(timed_inserts!(sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?))
     }
-    Ok(started.elapsed().as_secs_f64())
 }
