@@ -29,7 +29,8 @@ pub(crate) struct Pending {
     done: oneshot::Sender<Result<Inserted>>,
 }
 
-/// Collects inserts and hands them to `workers` tasks in batches.
+/// Collects inserts and hands them to `workers` tasks in batches (more workers overlap more
+/// statements; fewer make bigger batches: two measured best on Postgres, see docs/benchmarks.md).
 #[derive(Clone)]
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<Pending>,

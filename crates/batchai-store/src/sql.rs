@@ -52,7 +52,7 @@ impl PgStore {
             .await?;
         sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
         let batch_pool = pool.clone();
-        let inserts = Batcher::spawn(4, move |batch| pg_insert_batch(batch_pool.clone(), batch));
+        let inserts = Batcher::spawn(2, move |batch| pg_insert_batch(batch_pool.clone(), batch));
         Ok(Self { pool, inserts })
     }
 
