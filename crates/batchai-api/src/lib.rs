@@ -105,7 +105,14 @@ static CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-client-requ
 static CORRELATION_ID: HeaderName = HeaderName::from_static("x-ms-correlation-request-id");
 
 /// Every response carries `x-ms-request-id` and echoes `x-ms-client-request-id` exactly.
-async fn request_ids(req: Request, next: Next) -> Response {
+/// HTTP/2 requests carry their host in the URI instead of a `Host` header; it is copied into
+/// one so absolute links are built the same way for both protocols.
+async fn request_ids(mut req: Request, next: Next) -> Response {
+    if !req.headers().contains_key(axum::http::header::HOST)
+        && let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(axum::http::header::HOST, v);
+    }
     let client_id = req.headers().get(&CLIENT_REQUEST_ID).cloned();
     let request_id = uuid::Uuid::new_v4().to_string();
     let span =
