@@ -148,3 +148,52 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(config: Option<&str>, data_dir: Option<&str>) -> Overrides {
+        Overrides { config: config.map(PathBuf::from), data_dir: data_dir.map(PathBuf::from), database_url: None }
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "batchai.toml",
+                "data_dir = \"from-file\"\nlro_delay_ms = 5\nlog_format = \"json\"\nlisten = \"127.0.0.1:9000\"\n",
+            )?;
+            jail.set_env("BATCHAI_LRO_DELAY_MS", "7");
+            jail.set_env("BATCHAI_DATA_DIR", "from-env");
+            let cfg = Config::load(&flags(Some("batchai.toml"), Some("from-flag")), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.data_dir, PathBuf::from("from-flag"), "flags beat env and file");
+            assert_eq!(cfg.lro_delay_ms, 7, "env beats file");
+            assert_eq!(cfg.log_format, "json", "file beats defaults");
+            assert_eq!(cfg.listen, SocketAddr::from(([127, 0, 0, 1], 9000)));
+            assert_eq!(cfg.token_lifetime_secs, 3600, "defaults fill the rest");
+            let server = ServerOverrides { listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))), ..Default::default() };
+            let cfg = Config::load(&flags(Some("batchai.toml"), None), Some(&server)).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.listen.port(), 0);
+            assert_eq!(cfg.data_dir, PathBuf::from("from-env"));
+            assert_eq!(cfg.database_url(), "sqlite://from-env/batchai.sqlite");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_unsafe_or_inconsistent_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BATCHAI_HTTP_LISTEN", "0.0.0.0:8080");
+            let err = Config::load(&flags(None, None), None).unwrap_err().to_string();
+            assert!(err.contains("loopback"), "{err}");
+            jail.set_env("BATCHAI_HTTP_LISTEN", "127.0.0.1:8080");
+            jail.set_env("BATCHAI_TLS_CERT", "/etc/cert.pem");
+            let err = Config::load(&flags(None, None), None).unwrap_err().to_string();
+            assert!(err.contains("together"), "{err}");
+            let err = Config::load(&flags(Some("missing.toml"), None), None).unwrap_err().to_string();
+            assert!(err.contains("does not exist"), "{err}");
+            Ok(())
+        });
+    }
+}
