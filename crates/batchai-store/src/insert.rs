@@ -103,11 +103,17 @@ fn refusal(r: &NewResource, parent_ok: bool, required_ok: bool) -> StoreError {
     }
 }
 
-/// Sends every request of a failed batch the same error.
+/// Sends every request of a failed batch the error (an unreachable database stays
+/// recognisable as such, so clients get 503 rather than 500).
 fn fail_all(batch: Vec<Pending>, e: &StoreError) {
     let msg = e.to_string();
     for p in batch {
-        let _ = p.done.send(Err(StoreError::Corrupt(format!("batch insert failed: {msg}"))));
+        let err = if e.is_unavailable() {
+            StoreError::Database(sqlx::Error::PoolTimedOut)
+        } else {
+            StoreError::Corrupt(format!("batch insert failed: {msg}"))
+        };
+        let _ = p.done.send(Err(err));
     }
 }
 
