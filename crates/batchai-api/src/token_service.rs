@@ -8,7 +8,7 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
@@ -18,8 +18,8 @@ use crate::{AppState, Scheme, auth};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/{tenant}/oauth2/token", post(token_v1))
-        .route("/{tenant}/oauth2/v2.0/token", post(token_v2))
+        .route("/{tenant}/oauth2/token", post(token))
+        .route("/{tenant}/oauth2/v2.0/token", post(token))
         .route("/{tenant}/v2.0/.well-known/openid-configuration", get(openid_configuration))
         .route("/{tenant}/.well-known/openid-configuration", get(openid_configuration))
 }
@@ -125,24 +125,16 @@ async fn issue(state: &AppState, scheme: Scheme, headers: &HeaderMap, body: &[u8
     res
 }
 
-async fn token_v1(
+/// v1 (`resource`) and v2 (`scope`) token requests; the path says which.
+async fn token(
     State(state): State<AppState>,
     axum::Extension(scheme): axum::Extension<Scheme>,
-    Path(_tenant): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    issue(&state, scheme, &headers, &body, false).await
-}
-
-async fn token_v2(
-    State(state): State<AppState>,
-    axum::Extension(scheme): axum::Extension<Scheme>,
-    Path(_tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    issue(&state, scheme, &headers, &body, true).await
+    let v2 = uri.path().ends_with("/oauth2/v2.0/token");
+    issue(&state, scheme, &headers, &body, v2).await
 }
 
 async fn openid_configuration(
