@@ -4,7 +4,9 @@
 //! wait and go into the next one, so under load many jobs share one statement (Postgres) or one
 //! transaction (SQLite) and one commit, while a lone request is written at once. Each request
 //! still gets its own outcome. A batch never holds one key twice: a duplicate goes into the
-//! batch written right after and meets the first as a conflict, as it would have alone.
+//! batch written right after and meets the first as a conflict, as it would have alone. When a
+//! batch fails in the database, its requests are written again one by one, so only the bad one
+//! fails.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -207,7 +209,14 @@ pub(crate) async fn pg_insert_batch(pool: PgPool, batch: Vec<Pending>) {
     .await;
     let rows = match result {
         Ok(rows) => rows,
-        Err(e) => return fail_all(batch, &StoreError::Database(e)),
+        Err(e) if batch.len() == 1 => return fail_all(batch, &StoreError::Database(e)),
+        // One bad request must not fail its batch-mates: write each on its own.
+        Err(_) => {
+            for p in batch {
+                Box::pin(pg_insert_batch(pool.clone(), vec![p])).await;
+            }
+            return;
+        }
     };
     let mut outcomes: Vec<Option<Result<Inserted>>> = (0..batch.len()).map(|_| None).collect();
     for row in &rows {
@@ -245,9 +254,17 @@ pub(crate) async fn sqlite_insert_batch(writer: SqlitePool, batch: Vec<Pending>)
     for p in &batch {
         match sqlite_insert_one(&mut tx, &p.r, p.op.as_ref()).await {
             Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
+            Err(e) if batch.len() == 1 => {
                 drop(tx);
                 return fail_all(batch, &e);
+            }
+            // One bad request must not fail its batch-mates: roll back, write each on its own.
+            Err(_) => {
+                drop(tx);
+                for p in batch {
+                    Box::pin(sqlite_insert_batch(writer.clone(), vec![p])).await;
+                }
+                return;
             }
         }
     }

@@ -65,6 +65,7 @@ mod both {
         operations_are_claimed_once_across_servers,
         expired_leases_are_reclaimed,
         concurrent_inserts_each_get_their_own_outcome,
+        a_failing_insert_does_not_fail_its_batch_mates,
     );
 }
 
@@ -408,4 +409,33 @@ async fn concurrent_inserts_each_get_their_own_outcome(db: &Db) {
     assert_eq!((ok, conflict, required), (101, 9, 10));
     let q = ListQuery { kind: Kind::Job, scope: Scope::Parent(exp.key()), after: None, limit: 1000 };
     assert_eq!(s.list_resources(&q).await.unwrap().len(), 102, "101 new jobs and the tree's one");
+}
+
+/// A request the database rejects (here: an operation id used twice, a primary-key violation)
+/// fails alone, even when it shared a batch with others.
+async fn a_failing_insert_does_not_fail_its_batch_mates(db: &Db) {
+    let s = db.open().await;
+    let (_, _, exp, _, cl) = tree(s.as_ref(), "rg").await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        let j = exp.child(Kind::Job, name(&format!("b{i}"), Kind::Job));
+        let mut r = new(&j, ProvisioningState::Succeeded);
+        r.requires = Some(cl.key());
+        let op_id = if i % 10 == 0 { "shared-op".to_owned() } else { format!("op{i}") };
+        let o = op(&op_id, &j, OperationKind::Create, 0);
+        tasks.push(tokio::spawn(async move { (i, s.insert_resource(&r, Some(&o)).await.is_ok()) }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        let (i, ok) = t.await.unwrap();
+        if !ok {
+            failed.push(i);
+        }
+    }
+    // Of the four requests sharing an operation id, exactly one wins; the other 36 all succeed.
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(failed.iter().all(|i| i % 10 == 0), "{failed:?}");
+    let q = ListQuery { kind: Kind::Job, scope: Scope::Parent(exp.key()), after: None, limit: 1000 };
+    assert_eq!(s.list_resources(&q).await.unwrap().len(), 38, "37 new jobs and the tree's one");
 }
