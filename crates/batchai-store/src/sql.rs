@@ -4,9 +4,8 @@
 //! `COALESCE`; what differs is passed into [`sql_store!`] as literals: how a write transaction
 //! begins (SQLite must take the write lock up front, or a read-then-write transaction fails
 //! with `SQLITE_BUSY` under concurrency) and `FOR UPDATE SKIP LOCKED` for claiming operations.
-//! Inserting a resource, the hot path of job submission, is written per dialect: one statement
-//! with data-modifying CTEs on Postgres (one round trip, the parent locked `FOR SHARE` so it
-//! cannot start deleting under the insert), one `BEGIN IMMEDIATE` transaction on SQLite.
+//! Inserting a resource, the hot path of job submission, is written per dialect and batched:
+//! see [`crate::insert`].
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,10 +53,6 @@ impl PgStore {
         let batch_pool = pool.clone();
         let inserts = Batcher::spawn(2, move |batch| pg_insert_batch(batch_pool.clone(), batch));
         Ok(Self { pool, inserts })
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Postgres takes concurrent writers; reads and writes share the pool.

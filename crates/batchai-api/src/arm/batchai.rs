@@ -12,7 +12,7 @@ use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, S
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::resources::{being_deleted, check_tags, list_page, load_group, new_resource, patch_tags};
+use super::resources::{LocatedBody, being_deleted, list_page, load_group, new_resource, patch_tags};
 use super::route::{JobAction, Route};
 use super::{Ctx, method_not_allowed, ok, paging, render};
 use crate::{Error, lro};
@@ -191,18 +191,8 @@ async fn insert_failed(ctx: &Ctx, r: &ResourceRef, e: StoreError) -> Error {
     }
 }
 
-#[derive(Deserialize, Serialize)]
-struct WorkspaceBody {
-    location: String,
-    #[serde(default)]
-    tags: Option<Value>,
-}
-
 async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
-    let body: WorkspaceBody = validate::parse_json(&ctx.body, "")?;
-    ResourceName::parse(&body.location, NameKind::Location).map_err(|e| ApiError::invalid("location", e.message))?;
-    check_tags(&body.tags, "tags")?;
-    let tags = body.tags.filter(|t| !t.is_null());
+    let LocatedBody { location, tags } = LocatedBody::parse(ctx)?;
     let group = load_group(ctx, &r.resource_group_ref()).await?;
     if group.provisioning_state == ProvisioningState::Deleting {
         return Err(being_deleted(&group).into());
@@ -211,7 +201,7 @@ async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         if existing.provisioning_state == ProvisioningState::Deleting {
             return Err(being_deleted(&existing).into());
         }
-        if !existing.location.as_deref().unwrap_or_default().eq_ignore_ascii_case(&body.location) {
+        if !existing.location.as_deref().unwrap_or_default().eq_ignore_ascii_case(&location) {
             return Err(ApiError::invalid(
                 "location",
                 format!("The workspace exists in location '{}'.", existing.location.unwrap_or_default()),
@@ -221,7 +211,7 @@ async fn put_workspace(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
         ctx.state.store.update_tags(&existing.key, &tags.unwrap_or_else(|| json!({}))).await?;
         return get(ctx, r).await;
     }
-    let new = new_resource(r, Some(body.location), tags, None, ProvisioningState::Succeeded);
+    let new = new_resource(r, Some(location), tags, None, ProvisioningState::Succeeded);
     if let Err(e) = ctx.state.store.insert_resource(&new, None).await {
         return Err(insert_failed(ctx, r, e).await);
     }

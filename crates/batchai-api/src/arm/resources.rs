@@ -149,11 +149,23 @@ pub(super) async fn list_page(ctx: &Ctx, kind: Kind, scope: Scope, page: paging:
     Ok(ok(paging::list_body(ctx, items, page.size, last.as_deref())))
 }
 
+/// The body of a resource group or workspace PUT: a location and optional tags.
 #[derive(serde::Deserialize, serde::Serialize)]
-struct GroupBody {
-    location: String,
+pub(super) struct LocatedBody {
+    pub location: String,
     #[serde(default)]
-    tags: Option<Value>,
+    pub tags: Option<Value>,
+}
+
+impl LocatedBody {
+    /// Parses and checks the body; `tags` comes back `None` when absent or null.
+    pub(super) fn parse(ctx: &Ctx) -> Result<Self, ApiError> {
+        let body: Self = batchai_core::validate::parse_json(&ctx.body, "")?;
+        ResourceName::parse(&body.location, batchai_core::names::NameKind::Location)
+            .map_err(|e| ApiError::invalid("location", e.message))?;
+        check_tags(&body.tags, "tags")?;
+        Ok(Self { location: body.location, tags: body.tags.filter(|t| !t.is_null()) })
+    }
 }
 
 pub(super) fn check_tags(tags: &Option<Value>, target: &str) -> Result<(), ApiError> {
@@ -165,21 +177,17 @@ pub(super) fn check_tags(tags: &Option<Value>, target: &str) -> Result<(), ApiEr
 }
 
 async fn put_group(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
-    let body: GroupBody = batchai_core::validate::parse_json(&ctx.body, "")?;
-    ResourceName::parse(&body.location, batchai_core::names::NameKind::Location)
-        .map_err(|e| ApiError::invalid("location", e.message))?;
-    check_tags(&body.tags, "tags")?;
-    let tags = body.tags.filter(|t| !t.is_null());
+    let LocatedBody { location, tags } = LocatedBody::parse(ctx)?;
     let store = &ctx.state.store;
     if let Some(existing) = store.get_resource(&r.key()).await? {
-        return update_existing_group(ctx, existing, &body.location, tags).await;
+        return update_existing_group(ctx, existing, &location, tags).await;
     }
-    let new = new_resource(r, Some(body.location.clone()), tags.clone(), None, ProvisioningState::Succeeded);
+    let new = new_resource(r, Some(location.clone()), tags.clone(), None, ProvisioningState::Succeeded);
     match store.insert_resource(&new, None).await {
         Ok(_) => {}
         Err(batchai_store::StoreError::Conflict) => {
             let existing = load_group(ctx, r).await?;
-            return update_existing_group(ctx, existing, &body.location, tags).await;
+            return update_existing_group(ctx, existing, &location, tags).await;
         }
         Err(e) => return Err(e.into()),
     }
