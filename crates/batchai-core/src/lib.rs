@@ -6,10 +6,12 @@
 //! clusters, resources and long-running operations ([`state`]), and the table of ARM error
 //! codes every crate above renders ([`error`]).
 
+pub mod contract;
 pub mod error;
 pub mod ids;
 pub mod models;
 pub mod names;
+pub mod protocol;
 pub mod state;
 pub mod time;
 pub mod validate;
