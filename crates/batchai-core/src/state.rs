@@ -51,6 +51,39 @@ wire_enum!(
     Priority { Low => "low", Normal => "normal", High => "high" }
 );
 
+wire_enum!(
+    /// A registered node. `free` nodes belong to no cluster; the others are counted in their
+    /// cluster's `nodeStateCounts`.
+    NodeState {
+        Free => "free",
+        Preparing => "preparing",
+        Idle => "idle",
+        Running => "running",
+        Leaving => "leaving",
+        Unusable => "unusable",
+    }
+);
+
+impl NodeState {
+    pub fn can_become(self, next: Self) -> bool {
+        use NodeState::*;
+        matches!(
+            (self, next),
+            // Allocated to a cluster, or lost while free.
+            (Free, Preparing | Unusable)
+                // Setup done or failed; released before it finished; lost.
+                | (Preparing, Idle | Unusable | Free)
+                // Placed; released by scale-down; lost.
+                | (Idle, Running | Free | Unusable)
+                // Its job ended; scale-down waits for the job; lost.
+                | (Running, Idle | Leaving | Free | Unusable)
+                | (Leaving, Free | Unusable)
+                // A lost node syncs again: prepared anew for its cluster, or back to the pool.
+                | (Unusable, Preparing | Free)
+        )
+    }
+}
+
 impl ProvisioningState {
     pub fn can_become(self, next: Self) -> bool {
         use ProvisioningState::*;
@@ -104,6 +137,18 @@ mod tests {
         assert!(!Succeeded.can_become(Running));
         assert!(!Failed.can_become(Queued));
         assert!(!Queued.can_become(Succeeded));
+    }
+
+    #[test]
+    fn node_transitions() {
+        use NodeState::*;
+        assert!(Free.can_become(Preparing));
+        assert!(Idle.can_become(Running));
+        assert!(Running.can_become(Idle));
+        assert!(Unusable.can_become(Preparing), "a lost node that comes back is prepared again");
+        assert!(!Free.can_become(Running), "only idle nodes of a cluster take jobs");
+        assert!(!Leaving.can_become(Running));
+        assert!(!Unusable.can_become(Running));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! is a guarded `UPDATE … WHERE state = $expected` whose affected-row count says who won.
 //! Migrations for both live in `migrations/` at the workspace root and run on connect.
 
+mod fleet;
 mod insert;
 mod sql;
 mod types;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use batchai_core::state::{AllocationState, ExecutionState, OperationStatus, ProvisioningState};
 use batchai_core::time::Millis;
 
+pub use fleet::*;
 pub use sql::{PgStore, SqliteStore};
 pub use types::*;
 
@@ -53,7 +55,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// The persistence interface. Implementations must be safe to share between tasks and, for
 /// Postgres, between processes.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Fleet + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> Result<()>;

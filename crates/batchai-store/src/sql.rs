@@ -25,7 +25,7 @@ use crate::{Result, Store, StoreError};
 /// Postgres-backed store; safe for several servers on one database.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     inserts: Batcher,
 }
 
@@ -34,7 +34,7 @@ pub struct PgStore {
 /// handler, while reads use their own connections (WAL lets them run beside the writer).
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     writer: SqlitePool,
     inserts: Batcher,
 }
@@ -56,7 +56,7 @@ impl PgStore {
     }
 
     /// Postgres takes concurrent writers; reads and writes share the pool.
-    fn writer(&self) -> &PgPool {
+    pub(crate) fn writer(&self) -> &PgPool {
         &self.pool
     }
 }
@@ -77,16 +77,16 @@ impl SqliteStore {
         Ok(Self { pool, writer, inserts })
     }
 
-    fn writer(&self) -> &SqlitePool {
+    pub(crate) fn writer(&self) -> &SqlitePool {
         &self.writer
     }
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-fn json_col(raw: Option<String>, what: &str) -> Result<Option<serde_json::Value>> {
+pub(crate) fn json_col(raw: Option<String>, what: &str) -> Result<Option<serde_json::Value>> {
     raw.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
 }
 
@@ -94,7 +94,7 @@ fn list_col(raw: String) -> Result<Vec<String>> {
     serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(format!("subscriptions list: {e}")))
 }
 
-fn parse_enum<T>(raw: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<T> {
+pub(crate) fn parse_enum<T>(raw: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Result<T> {
     parse(raw).ok_or_else(|| StoreError::Corrupt(format!("{what} '{raw}'")))
 }
 
