@@ -67,6 +67,10 @@ pub struct SyncRequest {
     /// How long the server may hold the request when nothing changes (capped by the server).
     #[serde(default)]
     pub wait_ms: u64,
+    /// The `version` of the last response the agent acted on: the server answers at once when
+    /// what it wants differs from that, and otherwise holds the request.
+    #[serde(default)]
+    pub known: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +112,8 @@ pub struct TaskError {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncResponse {
+    /// A digest of the rest of the response; echoed back as [`SyncRequest::known`].
+    pub version: String,
     /// The node's state as the server records it (`free`, `preparing`, `idle`, `running`,
     /// `leaving`, `unusable`).
     pub state: String,
