@@ -6,6 +6,11 @@ Environment:
   BATCHAI_BIN          the server binary (default ${CARGO_TARGET_DIR:-target}/debug/batchai)
   BATCHAI_TEST_PG_URL  a Postgres superuser URL; enables the postgres backend
                        (each server gets a fresh database named batchai_sdk_<uuid>)
+
+Servers: `server` (shared, no agent: clusters stay `resizing` and jobs `queued`),
+`server_factory` (private servers), `farm` (a server plus one `batchai agent`
+process that runs jobs on this host, per module and backend) and `dev_server`
+(`batchai dev`: server and agent in one process, on SQLite, writing dev.env).
 """
 
 import os
@@ -26,6 +31,7 @@ PG_ENV = "BATCHAI_TEST_PG_URL"
 def pytest_configure(config):
     config.addinivalue_line("markers", "restart: kills the server with SIGKILL and restarts it on the same store")
     config.addinivalue_line("markers", "slow: creates many resources (paging over 1,000+ jobs)")
+    config.addinivalue_line("markers", "agent: runs jobs on a node agent (commands run on this host)")
 
 
 class Backend:
@@ -86,10 +92,10 @@ def backend(request):
 _FRESH = object()
 
 
-def start_server(batchai_bin, backend, data_dir, env=None, database_url=_FRESH):
+def start_server(batchai_bin, backend, data_dir, env=None, database_url=_FRESH, command="server"):
     if database_url is _FRESH:
         database_url = backend.database_url()
-    srv = helpers.ServerProcess(batchai_bin, data_dir, database_url, env=env)
+    srv = helpers.ServerProcess(batchai_bin, data_dir, database_url, env=env, command=command)
     try:
         srv.start()
     except RuntimeError as e:
@@ -145,3 +151,32 @@ def server_factory(backend, batchai_bin, tmp_path):
     yield Factory()
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def farm(backend, batchai_bin, tmp_path_factory):
+    """A `batchai server` and one `batchai agent` (its own data dir, joined over
+    HTTPS with a join token from `batchai admin`), per test module and backend.
+    The agent serves every VM size, so it is the one node any cluster can get:
+    tests sharing a farm share that node (a cluster keeps it until deleted)."""
+    root = tmp_path_factory.mktemp(f"farm-{backend.name}")
+    srv = start_server(batchai_bin, backend, root / "server", env=helpers.AGENT_ENV)
+    agent = helpers.AgentProcess(batchai_bin, srv, root / "agent", env=helpers.AGENT_ENV)
+    try:
+        agent.start()
+    except Exception:
+        srv.stop()
+        raise
+    f = helpers.Farm(srv, [agent])
+    yield f
+    f.stop()
+
+
+@pytest.fixture
+def dev_server(batchai_bin, tmp_path):
+    """`batchai dev` on a fresh data dir (SQLite): server, scheduler and a local
+    agent in one process. Its `dev_env` holds what DATA_DIR/dev.env exports."""
+    srv = start_server(batchai_bin, Backend("sqlite"), tmp_path / "batchai-data", env=helpers.AGENT_ENV,
+                       command="dev")
+    yield srv
+    srv.stop()

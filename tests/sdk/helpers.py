@@ -1,9 +1,12 @@
-"""Helpers for the SDK end-to-end suite: the server process, the admin CLI,
-SDK clients bound to a server, raw-HTTP helpers and LRO polling.
+"""Helpers for the SDK end-to-end suite: the server process (`batchai server`
+or `batchai dev`), node agents, the admin CLI, SDK clients bound to a server,
+raw-HTTP helpers, LRO polling and waits on cluster and job states.
 
 Nothing here sleeps to synchronise with the server: waits either read the
-server's output (READY line) or follow the server's own Retry-After, and every
-wait is bounded by a deadline whose only effect is to fail the test.
+server's output (READY line), follow the server's own Retry-After, or poll a
+resource's state through the SDK (nodes coming up, jobs running and ending,
+which have no LRO to follow), and every wait is bounded by a deadline whose
+only effect is to fail the test.
 """
 
 import json
@@ -31,6 +34,13 @@ RG_API = "2021-04-01"
 PROVIDER = "providers/Microsoft.BatchAI"
 READY_TIMEOUT_S = 120
 LRO_DEADLINE_S = 120
+# Nodes joining a cluster and jobs running: seconds here, the deadline only fails the test.
+STATE_DEADLINE_S = 120
+STATE_POLL_S = 0.25
+# The longest a server holds an agent's sync; short, so an agent hears of work at once and
+# stops quickly. Set for the server and the agent.
+AGENT_ENV = {"BATCHAI_AGENT_MAX_WAIT_MS": "1000"}
+TERMINAL_JOB_STATES = ("succeeded", "failed")
 
 
 def binary_path():
@@ -49,16 +59,69 @@ def short(prefix):
 # --------------------------------------------------------------------------- server
 
 
-class ServerProcess:
-    """One `batchai server` process. Its stdout/stderr are drained into a log
-    file by background threads so the pipes never fill."""
+def _drain(proc, log, on_stdout_line=None):
+    """Threads copying the process's stdout and stderr into `log` (so the pipes
+    never fill); `on_stdout_line(line)` sees each stdout line, then None at EOF."""
 
-    def __init__(self, binary, data_dir, database_url=None, env=None, log_path=None):
+    def drain_stdout(stream):
+        for line in stream:
+            log.write(line)
+            if on_stdout_line:
+                on_stdout_line(line)
+        if on_stdout_line:
+            on_stdout_line(None)
+
+    def drain_stderr(stream):
+        for line in stream:
+            log.write(line)
+
+    threads = [
+        threading.Thread(target=drain_stdout, args=(proc.stdout,), daemon=True),
+        threading.Thread(target=drain_stderr, args=(proc.stderr,), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _tail(path, n=60):
+    try:
+        with open(path) as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return "<no log>"
+
+
+def read_env_file(path):
+    """`export NAME=value` lines (as dev.env and bootstrap.env hold) as a dict."""
+    env = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("export "):
+                line = line[len("export "):]
+            name, sep, value = line.partition("=")
+            if sep:
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                    value = value[1:-1]
+                env[name.strip()] = value
+    return env
+
+
+class ServerProcess:
+    """One `batchai server` process, or `batchai dev` (the server with a local
+    agent in the same process) with command="dev". Its stdout/stderr are
+    drained into a log file by background threads so the pipes never fill."""
+
+    def __init__(self, binary, data_dir, database_url=None, env=None, log_path=None, command="server"):
         self.binary = binary
         self.data_dir = str(data_dir)
         self.database_url = database_url
         self.extra_env = dict(env or {})
-        self.log_path = log_path or os.path.join(self.data_dir, "server.log")
+        self.command = command
+        self.log_path = log_path or os.path.join(self.data_dir, f"{command}.log")
         self.proc = None
         self.info = None
         self._threads = []
@@ -74,33 +137,23 @@ class ServerProcess:
         os.makedirs(self.data_dir, exist_ok=True)
         env = dict(os.environ)
         env.update(self.extra_env)
-        cmd = [self.binary, "server", *self._db_args(),
+        cmd = [self.binary, self.command, *self._db_args(),
                "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
         log = open(self.log_path, "a", buffering=1)
         log.write(f"=== start {' '.join(cmd)} env={self.extra_env}\n")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      stdin=subprocess.DEVNULL, text=True, env=env)
         ready = queue.Queue()
+        seen = []
 
-        def drain_stdout(stream):
-            seen = False
-            for line in stream:
-                log.write(line)
-                if not seen and line.startswith(READY_PREFIX):
-                    seen = True
-                    ready.put(line[len(READY_PREFIX):].strip())
-            ready.put(None)  # EOF: the process closed stdout (usually: exited)
+        def on_line(line):
+            if line is None:
+                ready.put(None)  # EOF: the process closed stdout (usually: exited)
+            elif not seen and line.startswith(READY_PREFIX):
+                seen.append(True)
+                ready.put(line[len(READY_PREFIX):].strip())
 
-        def drain_stderr(stream):
-            for line in stream:
-                log.write(line)
-
-        self._threads = [
-            threading.Thread(target=drain_stdout, args=(self.proc.stdout,), daemon=True),
-            threading.Thread(target=drain_stderr, args=(self.proc.stderr,), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self._threads = _drain(self.proc, log, on_line)
         try:
             payload = ready.get(timeout=READY_TIMEOUT_S)
         except queue.Empty:
@@ -134,11 +187,12 @@ class ServerProcess:
         return self.info["tenant"]
 
     def log_tail(self, n=60):
-        try:
-            with open(self.log_path) as f:
-                return "".join(f.readlines()[-n:])
-        except OSError:
-            return "<no log>"
+        return _tail(self.log_path, n)
+
+    @property
+    def dev_env(self):
+        """What `batchai dev` wrote to DATA_DIR/dev.env, as a dict."""
+        return read_env_file(os.path.join(self.data_dir, "dev.env"))
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -200,10 +254,94 @@ class ServerProcess:
         assert out and out.get("client_id") and out.get("client_secret"), out
         return out
 
-    def new_account(self, base_url=None):
+    def create_join_token(self, name=None):
+        args = ["join-token", "create"]
+        if name:
+            args += ["--name", name]
+        out = self.admin(*args).json
+        assert out and out.get("join_token") and out.get("id"), out
+        return out
+
+    def new_account(self, base_url=None, verify=None):
         sub = str(uuid.uuid4())
         tok = self.create_token(sub, name=short("tok"))
-        return Account(sub, tok["token"], base_url or self.http_url, token_id=tok["id"])
+        return Account(sub, tok["token"], base_url or self.http_url, token_id=tok["id"], verify=verify)
+
+
+class AgentProcess:
+    """One `batchai agent` process with its own data dir, joined to a server
+    with a fresh join token. It prints no READY line: a test knows it serves
+    once a cluster has its node (`wait_for_idle_nodes`)."""
+
+    def __init__(self, binary, server, data_dir, env=None, over_https=True):
+        self.binary = binary
+        self.server = server
+        self.data_dir = str(data_dir)
+        self.extra_env = dict(env or {})
+        self.over_https = over_https
+        self.log_path = os.path.join(self.data_dir, "agent.log")
+        self.proc = None
+        self._threads = []
+
+    def start(self):
+        os.makedirs(self.data_dir, exist_ok=True)
+        token = self.server.create_join_token(name=short("agent"))["join_token"]
+        if self.over_https:
+            url = ["--server", self.server.https_url, "--ca-cert", self.server.ca_cert]
+        else:
+            url = ["--server", self.server.http_url]
+        cmd = [self.binary, "agent", "--data-dir", self.data_dir, *url, "--join-token", token]
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        log = open(self.log_path, "a", buffering=1)
+        log.write(f"=== start {' '.join(cmd[:-1])} <join token> env={self.extra_env}\n")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True, env=env)
+        self._threads = _drain(self.proc, log)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n=60):
+        return _tail(self.log_path, n)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+class Farm:
+    """A server and the agents that run its jobs (none of its own for `batchai dev`,
+    whose agent runs in the server process)."""
+
+    def __init__(self, server, agents=()):
+        self.server = server
+        self.agents = list(agents)
+
+    def diagnostics(self):
+        out = [f"--- {self.server.command} log {self.server.log_path}:\n{self.server.log_tail(40)}"]
+        for a in self.agents:
+            state = "running" if a.alive() else f"exited rc={a.proc.returncode}"
+            out.append(f"--- agent ({state}) log {a.log_path}:\n{a.log_tail(40)}")
+        return "\n".join(out)
+
+    def check_agents(self):
+        for a in self.agents:
+            if not a.alive():
+                raise AssertionError(f"the agent exited (rc={a.proc.returncode}):\n{self.diagnostics()}")
+
+    def stop(self):
+        for a in self.agents:
+            a.stop()
+        self.server.stop()
 
 
 # --------------------------------------------------------------------------- clients
@@ -220,9 +358,10 @@ def tune(config):
 
 
 class Account:
-    """A subscription with a bearer token and SDK clients bound to one base URL."""
+    """A subscription with a bearer token and SDK clients bound to one base URL
+    (`verify`: the CA bundle for an https one)."""
 
-    def __init__(self, sub, token, base_url, token_id=None):
+    def __init__(self, sub, token, base_url, token_id=None, verify=None):
         self.sub = sub
         self.token = token
         self.token_id = token_id
@@ -235,6 +374,10 @@ class Account:
         tune(self.resources.config)
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
+        if verify is not None:
+            self.batchai.config.connection.verify = verify
+            self.resources.config.connection.verify = verify
+            self.http.verify = verify
 
     def subscriptions_client(self):
         c = SubscriptionClient(self.creds, base_url=self.base_url)
@@ -376,3 +519,49 @@ def poll_operations(session, urls, deadline_s=LRO_DEADLINE_S, terminal=("Succeed
                 raise AssertionError(f"{len(pending)} operations not finished after {deadline_s}s: {pending[:3]}")
             time.sleep(max(delays) if delays else 1)
     return done
+
+
+# --------------------------------------------------------------------------- nodes and jobs
+
+
+def _describe_cluster(c):
+    counts = c.node_state_counts
+    errors = [(e.code, e.message) for e in (c.errors or [])]
+    return (f"allocation_state={c.allocation_state} current_node_count={c.current_node_count} "
+            f"idle={counts and counts.idle_node_count} running={counts and counts.running_node_count} "
+            f"preparing={counts and counts.preparing_node_count} unusable={counts and counts.unusable_node_count} "
+            f"leaving={counts and counts.leaving_node_count} errors={errors}")
+
+
+def wait_for_idle_nodes(client, rg, ws, cluster, count=1, deadline_s=STATE_DEADLINE_S, farm=None):
+    """Polls `clusters.get` until `count` nodes are idle; returns the cluster.
+    The deadline (and a dead agent of `farm`) only fails the test."""
+    end = time.monotonic() + deadline_s
+    while True:
+        c = client.clusters.get(rg, ws, cluster)
+        if c.node_state_counts is not None and c.node_state_counts.idle_node_count == count:
+            return c
+        if farm is not None:
+            farm.check_agents()
+        if time.monotonic() > end:
+            extra = f"\n{farm.diagnostics()}" if farm is not None else ""
+            raise AssertionError(f"cluster {cluster}: {count} idle node(s) not reached after "
+                                 f"{deadline_s}s: {_describe_cluster(c)}{extra}")
+        time.sleep(STATE_POLL_S)
+
+
+def wait_for_job(client, rg, ws, exp, job, states=TERMINAL_JOB_STATES, deadline_s=STATE_DEADLINE_S, farm=None):
+    """Polls `jobs.get` until the job's execution_state is one of `states`;
+    returns the job. The deadline (and a dead agent of `farm`) only fails the test."""
+    end = time.monotonic() + deadline_s
+    while True:
+        j = client.jobs.get(rg, ws, exp, job)
+        if j.execution_state in states:
+            return j
+        if farm is not None:
+            farm.check_agents()
+        if time.monotonic() > end:
+            extra = f"\n{farm.diagnostics()}" if farm is not None else ""
+            raise AssertionError(f"job {job} still {j.execution_state} after {deadline_s}s "
+                                 f"(waiting for {states}){extra}")
+        time.sleep(STATE_POLL_S)

@@ -48,6 +48,15 @@ impl Keys {
         Hmac::<Sha256>::new_from_slice(&self.signing_key).expect("HMAC accepts any key length")
     }
 
+    /// The key download links are signed with. Derived rather than the signing key itself, so
+    /// a link signature can never pass for a token's, and every server sharing the database
+    /// derives the same one.
+    pub(crate) fn download_key(&self) -> Vec<u8> {
+        let mut mac = self.mac();
+        mac.update(b"batchai download links v1");
+        mac.finalize().into_bytes().to_vec()
+    }
+
     /// Signs an access token for `client_id`, valid for `subscriptions`.
     pub fn issue(
         &self,

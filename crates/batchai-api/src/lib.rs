@@ -8,13 +8,18 @@
 //!   credential helpers `batchai admin` uses.
 //! - [`lro`]: the long-running-operation engine that finishes creates, deletes and terminates,
 //!   durably, whichever server process picks them up.
+//! - [`files`]: job output files under the storage root: the listings of `listOutputFiles` and
+//!   the signed download links they carry.
 
+pub mod agent;
 pub mod arm;
 pub mod auth;
 mod error;
+pub mod files;
 pub mod lro;
 pub mod token_service;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +47,11 @@ pub struct ApiSettings {
     /// Limits reported by usages (informational: on-prem capacity is the node pool).
     pub quota_clusters: i64,
     pub quota_vcpus: i64,
+    /// Where Azure file shares and blob containers live (`{storage_root}/{account}/{share}`):
+    /// listOutputFiles lists, and download links serve, files under it only.
+    pub storage_root: PathBuf,
+    /// The longest an agent's sync is held when nothing changes.
+    pub agent_max_wait: Duration,
 }
 
 impl Default for ApiSettings {
@@ -53,6 +63,8 @@ impl Default for ApiSettings {
             public_url: None,
             quota_clusters: 100,
             quota_vcpus: 10_000,
+            storage_root: PathBuf::from("batchai-data/storage"),
+            agent_max_wait: Duration::from_secs(20),
         }
     }
 }
@@ -65,13 +77,24 @@ pub struct AppState {
     pub keys: Arc<auth::Keys>,
     /// Woken whenever an operation is recorded, so the runner starts it at once.
     pub ops_wake: Arc<Notify>,
+    /// Wakes the scheduler (work queued, nodes freed) and hears when it changed assignments.
+    pub scheduler: batchai_scheduler::runner::Signals,
+    /// Agents' long polls waiting for their node's assignments to change.
+    pub waiters: Arc<agent::Waiters>,
 }
 
 impl AppState {
     /// Loads (or creates, once) the signing key and tenant id from the store.
     pub async fn new(store: Arc<dyn Store>, settings: ApiSettings) -> Result<Self, batchai_store::StoreError> {
         let keys = auth::Keys::load(store.as_ref()).await?;
-        Ok(Self { store, settings: Arc::new(settings), keys: Arc::new(keys), ops_wake: Arc::new(Notify::new()) })
+        Ok(Self {
+            store,
+            settings: Arc::new(settings),
+            keys: Arc::new(keys),
+            ops_wake: Arc::new(Notify::new()),
+            scheduler: Default::default(),
+            waiters: Default::default(),
+        })
     }
 }
 
@@ -94,6 +117,8 @@ impl Scheme {
 /// The whole HTTP application for a listener of `scheme`.
 pub fn router(state: AppState, scheme: Scheme) -> Router {
     token_service::routes()
+        .merge(files::routes())
+        .merge(agent::routes())
         .fallback(arm::handle)
         .with_state(state)
         .layer(middleware::from_fn(request_ids))

@@ -229,7 +229,12 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
             };
         }
         OperationKind::Delete => {
+            if op.resource_kind == batchai_core::ids::Kind::Cluster {
+                fail_cluster_jobs(store.as_ref(), &op.resource_key).await?;
+            }
             store.delete_subtree(&op.resource_key, op.resource_kind).await?;
+            // Frees the nodes of what was deleted and tells their agents.
+            state.scheduler.wake.notify_one();
             finish(OperationStatus::Succeeded, None).await?;
             tracing::info!(resource.id = %op.resource_id, "deleted");
         }
@@ -270,12 +275,40 @@ async fn terminate(state: &AppState, op: &Operation) -> Result<bool, StoreError>
         }
         ExecutionState::Running => {
             let outcome = JobOutcome { errors: Some(errors), now, ..Default::default() };
-            store
+            if store
                 .transition_job(&op.resource_key, ExecutionState::Running, ExecutionState::Terminating, &outcome)
-                .await?;
+                .await?
+            {
+                store.touch_job_nodes(&op.resource_key, now).await?;
+                state.scheduler.changed.notify_one();
+            }
             Ok(false)
         }
         // The agents running it report the end; until then the operation waits.
         ExecutionState::Terminating => Ok(false),
     }
+}
+
+/// Ends the jobs of a cluster being deleted: they can no longer run.
+async fn fail_cluster_jobs(store: &dyn batchai_store::Store, cluster_key: &str) -> Result<(), StoreError> {
+    let now = now_millis();
+    let errors = vec![JobError {
+        code: "ClusterDeleted".into(),
+        message: "The job's cluster was deleted before the job completed".into(),
+    }];
+    for j in store.cluster_jobs(cluster_key, i64::MAX).await? {
+        let o = JobOutcome {
+            start_time: j.start_time.is_none().then_some(now),
+            end_time: Some(now),
+            errors: Some(errors.clone()),
+            now,
+            ..Default::default()
+        };
+        if j.execution_state == ExecutionState::Queued {
+            store.transition_job(&j.key, ExecutionState::Queued, ExecutionState::Failed, &o).await?;
+        } else {
+            store.finish_job(&j.key, j.epoch, j.execution_state, ExecutionState::Failed, &o).await?;
+        }
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
-//! Placement decisions, as pure functions over a snapshot of one cluster.
+//! Placement decisions, as pure functions over a snapshot of one cluster, and the loop that
+//! applies them ([`runner`]); how a job ends from its nodes' reports ([`outcome`]).
 //!
-//! The rules (the loop that reads snapshots from the store and applies decisions comes with the
-//! node agents):
+//! The rules:
 //! - **Order**: `schedulingPriority` high > normal > low, then submission time, then key.
 //! - **Gangs**: a job takes all `nodeCount` nodes at once or none; only idle nodes are used and
 //!   none twice.
@@ -12,6 +12,9 @@
 //!   wall-clock limit) before the shadow time or uses only extra nodes — so it never delays the
 //!   head. Jobs after the head get no reservation of their own.
 //! - Every job left queued gets a reason a person can read.
+
+pub mod outcome;
+pub mod runner;
 
 use std::cmp::Reverse;
 

@@ -276,14 +276,22 @@ const FREE_JOB_NODES: &str = "UPDATE nodes SET \
      job_key = NULL, job_epoch = NULL, changed_at = $3 \
      WHERE job_key = $1 AND job_epoch = $2 AND state IN ('running', 'leaving')";
 
-const REFRESH_COUNTS: &str = "UPDATE clusters SET \
-     current_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1), \
-     idle_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1 AND n.state = 'idle'), \
-     running_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1 AND n.state = 'running'), \
-     preparing_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1 AND n.state = 'preparing'), \
-     unusable_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1 AND n.state = 'unusable'), \
-     leaving_node_count = (SELECT count(*) FROM nodes n WHERE n.cluster_key = $1 AND n.state = 'leaving') \
-     WHERE key = $1";
+/// Recounts a cluster's nodes, writing only when a count changed. Under Postgres' read
+/// committed isolation a recount inside a transaction can miss a concurrent one's change, so
+/// the scheduler also recounts every cluster on each pass, and the counts converge.
+const REFRESH_COUNTS: &str = "UPDATE clusters SET current_node_count = x.total, idle_node_count = x.idle, \
+     running_node_count = x.running, preparing_node_count = x.preparing, unusable_node_count = x.unusable, \
+     leaving_node_count = x.leaving \
+     FROM (SELECT count(*) AS total, \
+       COALESCE(SUM(CASE WHEN state = 'idle' THEN 1 ELSE 0 END), 0) AS idle, \
+       COALESCE(SUM(CASE WHEN state = 'running' THEN 1 ELSE 0 END), 0) AS running, \
+       COALESCE(SUM(CASE WHEN state = 'preparing' THEN 1 ELSE 0 END), 0) AS preparing, \
+       COALESCE(SUM(CASE WHEN state = 'unusable' THEN 1 ELSE 0 END), 0) AS unusable, \
+       COALESCE(SUM(CASE WHEN state = 'leaving' THEN 1 ELSE 0 END), 0) AS leaving \
+       FROM nodes WHERE cluster_key = $1) AS x \
+     WHERE clusters.key = $1 AND (current_node_count <> x.total OR idle_node_count <> x.idle \
+       OR running_node_count <> x.running OR preparing_node_count <> x.preparing \
+       OR unusable_node_count <> x.unusable OR leaving_node_count <> x.leaving)";
 
 macro_rules! fleet_store {
     ($store:ident, begin_write = $begin:literal, skip_locked = $skip_locked:literal) => {
@@ -840,6 +848,10 @@ macro_rules! fleet_store {
                 errors: Option<&serde_json::Value>,
                 now: Millis,
             ) -> Result<()> {
+                if allocation.is_none() && errors.is_none() {
+                    sqlx::query(REFRESH_COUNTS).bind(cluster_key).execute(self.writer()).await?;
+                    return Ok(());
+                }
                 let mut tx = self.writer().begin_with($begin).await?;
                 Self::refresh_counts_in(&mut tx, cluster_key).await?;
                 if let Some(a) = allocation {

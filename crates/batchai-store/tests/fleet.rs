@@ -156,7 +156,7 @@ async fn racing_placements_never_share_a_node(db: &Db) {
             assert_eq!(row.execution_state, ExecutionState::Queued, "a refused gang holds nothing");
         }
     }
-    assert!(placed >= 1 && placed <= 2, "5 nodes fit at most 2 pairs, got {placed}");
+    assert!((1..=2).contains(&placed), "5 nodes fit at most 2 pairs, got {placed}");
     let c = counts(a.as_ref(), &cl).await;
     assert_eq!((c.running_node_count, c.idle_node_count), (placed * 2, 5 - placed * 2));
 }

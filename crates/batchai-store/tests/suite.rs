@@ -45,8 +45,6 @@ fn op(id: &str, r: &ResourceRef, kind: OperationKind, run_after: i64) -> Operati
     }
 }
 
-/// rg/ws/exp/job and rg/ws/cluster.
-
 async fn meta_first_writer_wins(db: &Db) {
     let s = db.open().await;
     assert_eq!(s.meta_get_or_insert("k", "first").await.unwrap(), "first");

@@ -20,6 +20,38 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Join tokens: what `batchai agent --join-token` presents once to become a node.
+    JoinToken {
+        #[command(subcommand)]
+        command: JoinTokenCommand,
+    },
+    /// Registered nodes.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JoinTokenCommand {
+    /// Create a join token; prints it (shown once) as JSON.
+    Create {
+        #[arg(long, default_value = "batchai-join")]
+        name: String,
+        /// Lifetime in seconds; without it the token lasts until revoked.
+        #[arg(long, allow_negative_numbers = true)]
+        expires_in_secs: Option<i64>,
+    },
+    /// List join tokens (no secrets).
+    List,
+    /// Revoke a join token by id; nodes that joined with it stay.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// List nodes as JSON lines: state, cluster, job, address, GPUs, last heartbeat.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +84,26 @@ pub enum TokenCommand {
     },
     /// Revoke an API token by id.
     Revoke { id: String },
+}
+
+/// Creates a join token; returns its id and clear text (shown once).
+pub async fn create_join_token(
+    store: &dyn batchai_store::Store,
+    name: &str,
+    expires_in_secs: Option<i64>,
+) -> anyhow::Result<(String, String)> {
+    let now = now_millis();
+    let token = format!("bai_join_{}", batchai_api::auth::new_secret());
+    let t = batchai_store::JoinToken {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: name.to_owned(),
+        token_hash: batchai_api::auth::hash_secret(&token),
+        created_at: now,
+        expires_at: expires_in_secs.map(|s| now + s * 1000),
+        revoked_at: None,
+    };
+    store.create_join_token(&t).await?;
+    Ok((t.id, token))
 }
 
 pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
@@ -96,6 +148,51 @@ pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             }
             println!("{}", json!({"revoked": id}));
         }
+        AdminCommand::JoinToken { command: JoinTokenCommand::Create { name, expires_in_secs } } => {
+            let (id, token) = create_join_token(store, &name, expires_in_secs).await?;
+            println!("{}", json!({"id": id, "join_token": token, "name": name}));
+        }
+        AdminCommand::JoinToken { command: JoinTokenCommand::List } => {
+            for t in store.list_join_tokens().await? {
+                println!(
+                    "{}",
+                    json!({"id": t.id, "name": t.name, "created_at": batchai_core::time::to_rfc3339(t.created_at),
+                           "expires_at": t.expires_at.map(batchai_core::time::to_rfc3339),
+                           "revoked": t.revoked_at.is_some()})
+                );
+            }
+        }
+        AdminCommand::JoinToken { command: JoinTokenCommand::Revoke { id } } => {
+            if !store.revoke_join_token(&id, now_millis()).await? {
+                bail!("no active join token with id {id}");
+            }
+            println!("{}", json!({"revoked": id}));
+        }
+        AdminCommand::Node { command: NodeCommand::List } => {
+            for n in store.list_nodes(None).await? {
+                println!(
+                    "{}",
+                    json!({"id": n.id, "state": n.state.as_str(), "cluster": n.cluster_key, "job": n.job_key,
+                           "hostname": n.hostname, "address": n.address, "ssh_port": n.ssh_port, "gpus": n.gpus,
+                           "error": n.error, "last_seen": batchai_core::time::to_rfc3339(n.last_seen)})
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `batchai job why <job id>`: why a queued job waits.
+pub async fn why(cfg: &Config, job_id: &str) -> anyhow::Result<()> {
+    let store = batchai_store::connect(&cfg.database_url()).await.context("opening the database")?;
+    let r = batchai_core::ids::ResourceRef::parse_id(job_id, batchai_core::ids::Kind::Job)
+        .map_err(|e| anyhow::anyhow!("'{job_id}' is not a job id: {e}"))?;
+    match batchai_scheduler::runner::why(store.as_ref(), &r.key()).await? {
+        Some(reason) => println!("{}", json!({"job": job_id, "state": "queued", "why": reason})),
+        None => match store.get_resource(&r.key()).await?.and_then(|row| row.job) {
+            Some(j) => println!("{}", json!({"job": job_id, "state": j.execution_state.as_str()})),
+            None => bail!("no job {job_id}"),
+        },
     }
     Ok(())
 }

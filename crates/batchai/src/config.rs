@@ -22,6 +22,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Optional plain-HTTP listener; only loopback addresses are accepted.
     pub http_listen: Option<SocketAddr>,
+    /// Where Azure file shares and blob containers live, `{storage_root}/{account}/{share}`
+    /// (unset: `{data_dir}/storage`). Shared storage: the server lists and serves job output
+    /// from it, so every machine running jobs must see the same directory (an NFS mount).
+    pub storage_root: Option<PathBuf>,
     /// PEM certificate chain and key; generated into the data dir when unset.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -37,6 +41,27 @@ pub struct Config {
     pub bootstrap_subscription: String,
     pub quota_clusters: i64,
     pub quota_vcpus: i64,
+    /// A node silent this long is unusable and its job requeued or failed.
+    pub node_timeout_secs: u64,
+    /// Times a job is requeued after losing a node before it fails.
+    pub max_requeues: i32,
+    /// Idle time before autoscale gives a node back.
+    pub autoscale_grace_secs: u64,
+    /// The longest the server holds an agent's sync when nothing changes.
+    pub agent_max_wait_ms: u64,
+    /// `batchai agent`: the server to join, e.g. `https://batchai.example:8443`.
+    pub server_url: Option<String>,
+    /// `batchai agent`: CA certificate (PEM) to trust for the server.
+    pub ca_cert: Option<PathBuf>,
+    /// `batchai agent`: join token, needed on the first start only.
+    pub join_token: Option<String>,
+    /// `batchai agent`: address other nodes and clients reach this node at.
+    pub node_address: Option<String>,
+    pub ssh_port: u16,
+    /// `batchai agent`: VM sizes this node serves (`*` for all).
+    pub vm_sizes: Vec<String>,
+    /// `batchai agent`: SIGTERM-to-SIGKILL grace when stopping a job.
+    pub stop_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -46,6 +71,7 @@ impl Default for Config {
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             http_listen: None,
+            storage_root: None,
             tls_cert: None,
             tls_key: None,
             public_url: None,
@@ -56,6 +82,17 @@ impl Default for Config {
             bootstrap_subscription: "00000000-0000-0000-0000-000000000000".into(),
             quota_clusters: 100,
             quota_vcpus: 10_000,
+            node_timeout_secs: 60,
+            max_requeues: 2,
+            autoscale_grace_secs: 60,
+            agent_max_wait_ms: 20_000,
+            server_url: None,
+            ca_cert: None,
+            join_token: None,
+            node_address: None,
+            ssh_port: 22,
+            vm_sizes: Vec::new(),
+            stop_grace_secs: 10,
         }
     }
 }
@@ -94,8 +131,45 @@ pub struct ServerOverrides {
     pub log_format: Option<String>,
 }
 
+/// Agent-only flags.
+#[derive(Debug, Default, Clone, Serialize, clap::Args)]
+pub struct AgentOverrides {
+    /// Server URL (https://host:port); also BATCHAI_SERVER_URL.
+    #[arg(long = "server")]
+    #[serde(rename = "server_url", skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+    /// CA certificate (PEM) to trust for the server.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<PathBuf>,
+    /// Join token (first start only); also BATCHAI_JOIN_TOKEN.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
+    /// Address other nodes reach this one at [default: 127.0.0.1].
+    #[arg(long = "address")]
+    #[serde(rename = "node_address", skip_serializing_if = "Option::is_none")]
+    pub node_address: Option<String>,
+    /// VM size this node serves (repeat; `*` for all).
+    #[arg(long = "vm-size")]
+    #[serde(rename = "vm_sizes", skip_serializing_if = "Vec::is_empty")]
+    pub vm_sizes: Vec<String>,
+    /// Shared storage root, when mounted elsewhere than on the server.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_root: Option<PathBuf>,
+}
+
 impl Config {
     pub fn load(flags: &Overrides, server: Option<&ServerOverrides>) -> anyhow::Result<Self> {
+        Self::load_with(flags, server, None)
+    }
+
+    pub fn load_with(
+        flags: &Overrides,
+        server: Option<&ServerOverrides>,
+        agent: Option<&AgentOverrides>,
+    ) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         let file = flags.config.clone().or_else(|| std::env::var_os("BATCHAI_CONFIG").map(PathBuf::from));
         if let Some(file) = &file {
@@ -108,6 +182,9 @@ impl Config {
         fig = fig.merge(Serialized::globals(flags));
         if let Some(s) = server {
             fig = fig.merge(Serialized::globals(s));
+        }
+        if let Some(a) = agent {
+            fig = fig.merge(Serialized::globals(a));
         }
         let cfg: Config = fig.extract().context("reading configuration")?;
         cfg.check()?;
@@ -137,6 +214,11 @@ impl Config {
         }
     }
 
+    /// The storage root: the configured one, or `storage` in the data dir.
+    pub fn storage_root(&self) -> PathBuf {
+        self.storage_root.clone().unwrap_or_else(|| self.data_dir.join("storage"))
+    }
+
     pub fn api_settings(&self) -> batchai_api::ApiSettings {
         batchai_api::ApiSettings {
             lro_delay: Duration::from_millis(self.lro_delay_ms),
@@ -145,7 +227,38 @@ impl Config {
             public_url: self.public_url.clone(),
             quota_clusters: self.quota_clusters,
             quota_vcpus: self.quota_vcpus,
+            storage_root: self.storage_root(),
+            agent_max_wait: Duration::from_millis(self.agent_max_wait_ms),
         }
+    }
+
+    pub fn scheduler_settings(&self) -> batchai_scheduler::runner::Settings {
+        batchai_scheduler::runner::Settings {
+            node_timeout: Duration::from_secs(self.node_timeout_secs),
+            max_requeues: self.max_requeues,
+            autoscale_grace: Duration::from_secs(self.autoscale_grace_secs),
+            ..Default::default()
+        }
+    }
+
+    /// The agent's settings; `data_dir` is the agent's own directory.
+    pub fn agent_config(&self, data_dir: PathBuf) -> anyhow::Result<batchai_agent::agent::AgentConfig> {
+        let server_url = self.server_url.clone().context("the agent needs --server (or BATCHAI_SERVER_URL)")?;
+        Ok(batchai_agent::agent::AgentConfig {
+            server_url,
+            ca_cert: self.ca_cert.clone(),
+            join_token: self.join_token.clone(),
+            data_dir,
+            facts: batchai_agent::facts::FactsConfig {
+                address: self.node_address.clone(),
+                ssh_port: self.ssh_port,
+                vm_sizes: if self.vm_sizes.is_empty() { vec!["*".into()] } else { self.vm_sizes.clone() },
+                ..Default::default()
+            },
+            storage_root: self.storage_root.clone(),
+            sync_wait: Duration::from_millis(self.agent_max_wait_ms),
+            stop_grace: Duration::from_secs(self.stop_grace_secs),
+        })
     }
 }
 
@@ -179,6 +292,22 @@ mod tests {
             assert_eq!(cfg.listen.port(), 0);
             assert_eq!(cfg.data_dir, PathBuf::from("from-env"));
             assert_eq!(cfg.database_url(), "sqlite://from-env/batchai.sqlite");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn storage_root_defaults_into_the_data_dir_and_can_be_moved() {
+        figment::Jail::expect_with(|jail| {
+            let cfg = Config::load(&flags(None, Some("data")), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.storage_root(), PathBuf::from("data/storage"));
+            assert_eq!(cfg.api_settings().storage_root, PathBuf::from("data/storage"));
+            jail.create_file("batchai.toml", "storage_root = \"/mnt/from-file\"\n")?;
+            let cfg = Config::load(&flags(Some("batchai.toml"), None), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.storage_root(), PathBuf::from("/mnt/from-file"));
+            jail.set_env("BATCHAI_STORAGE_ROOT", "/mnt/shared");
+            let cfg = Config::load(&flags(Some("batchai.toml"), None), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.api_settings().storage_root, PathBuf::from("/mnt/shared"), "env beats file");
             Ok(())
         });
     }

@@ -8,7 +8,7 @@ mod tls;
 
 use clap::{Parser, Subcommand};
 
-use config::{Config, Overrides, ServerOverrides};
+use config::{AgentOverrides, Config, Overrides, ServerOverrides};
 
 /// A self-hosted, wire-compatible Azure Batch AI.
 #[derive(Parser)]
@@ -22,8 +22,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the API server (ARM API, token service, long-running operations).
+    /// Run the API server (ARM API, token service, long-running operations, scheduler).
     Server(ServerOverrides),
+    /// Run a node agent: join the server, report this machine, run the jobs placed on it.
+    Agent(AgentOverrides),
+    /// Server, scheduler and one local agent serving every VM size, on SQLite: a farm on one
+    /// machine. Writes DATA_DIR/dev.env for clients.
+    Dev(ServerOverrides),
+    /// Inspect jobs.
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+    },
     /// Manage service principals and API tokens.
     Admin {
         #[command(subcommand)]
@@ -33,6 +43,15 @@ enum Command {
     Migrate,
 }
 
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Why a queued job waits (reads the database the server uses).
+    Why {
+        /// The job's ARM id.
+        id: String,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -40,7 +59,35 @@ fn main() -> anyhow::Result<()> {
         Command::Server(flags) => {
             let cfg = Config::load(&cli.global, Some(&flags))?;
             init_logging(&cfg.log_format);
-            runtime.block_on(server::run(cfg))
+            runtime.block_on(server::run(cfg, false))
+        }
+        Command::Dev(flags) => {
+            let cfg = Config::load(&cli.global, Some(&flags))?;
+            init_logging(&cfg.log_format);
+            runtime.block_on(server::run(cfg, true))
+        }
+        Command::Agent(flags) => {
+            let cfg = Config::load_with(&cli.global, None, Some(&flags))?;
+            init_logging(&cfg.log_format);
+            let agent_cfg = cfg.agent_config(cfg.data_dir.clone())?;
+            runtime.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                let runtime: std::sync::Arc<dyn batchai_agent::runtime::Runtime> =
+                    std::sync::Arc::new(batchai_agent::runtime::ProcessRuntime::new());
+                let agent = tokio::spawn(batchai_agent::agent::run(agent_cfg, runtime, stop_rx));
+                tokio::select! {
+                    res = agent => res?.map_err(anyhow::Error::from),
+                    _ = server::shutdown_signal() => {
+                        let _ = stop_tx.send(true);
+                        Ok(())
+                    }
+                }
+            })
+        }
+        Command::Job { command: JobCommand::Why { id } } => {
+            let cfg = Config::load(&cli.global, None)?;
+            init_logging("text");
+            runtime.block_on(admin::why(&cfg, &id))
         }
         Command::Admin { command } => {
             let cfg = Config::load(&cli.global, None)?;

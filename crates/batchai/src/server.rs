@@ -1,5 +1,6 @@
-//! `batchai server`: binds the listeners, starts the operation runner, prints where clients
-//! connect, and shuts down gracefully on SIGTERM or Ctrl-C.
+//! `batchai server` (and `batchai dev`): binds the listeners, starts the operation runner, the
+//! scheduler and the agent-protocol change watcher, prints where clients connect, and shuts
+//! down gracefully on SIGTERM or Ctrl-C. `dev` also runs one local agent in the process.
 
 use std::time::Duration;
 
@@ -11,12 +12,23 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::tls;
 
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+/// Runs the server; with `dev`, also a local agent serving every VM size, and writes
+/// `dev.env` for clients.
+pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
+    if dev && cfg.http_listen.is_none() {
+        // The in-process agent talks plain HTTP over loopback.
+        cfg.http_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
     let store = batchai_store::connect(&cfg.database_url()).await.context("opening the database")?;
     tracing::info!(backend = store.backend(), "database ready");
-    let state = AppState::new(store, cfg.api_settings()).await?;
+    let mut settings = cfg.api_settings();
+    std::fs::create_dir_all(&settings.storage_root)
+        .with_context(|| format!("creating the storage root {}", settings.storage_root.display()))?;
+    // Absolute, so links and listings do not depend on the working directory.
+    settings.storage_root = std::fs::canonicalize(&settings.storage_root)?;
+    let state = AppState::new(store, settings).await?;
 
     let tls = tls::ensure(&data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -57,6 +69,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }));
     }
     let runner = tokio::spawn(batchai_api::lro::run(state.clone(), stop_rx.clone()));
+    let scheduler = tokio::spawn(batchai_scheduler::runner::run(
+        state.store.clone(),
+        cfg.scheduler_settings(),
+        state.scheduler.clone(),
+        stop_rx.clone(),
+    ));
+    let watcher = tokio::spawn(batchai_api::agent::watch_changes(
+        state.clone(),
+        Duration::from_millis(200),
+        state.scheduler.changed.clone(),
+        stop_rx.clone(),
+    ));
 
     let https_url = format!("https://{https_addr}");
     let ca = tls.ca.display().to_string();
@@ -69,6 +93,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("CA SHA-256 fingerprint: {fingerprint}");
     println!("tenant: {}", state.keys.tenant);
     bootstrap(&state, &cfg, &data_dir, &https_url, &ca).await?;
+    let agent = match (dev, &http_url) {
+        (true, Some(url)) => Some(start_dev_agent(&state, &cfg, &data_dir, url, stop_rx.clone()).await?),
+        _ => None,
+    };
     println!(
         "BATCHAI_READY {}",
         json!({"https_url": https_url, "http_url": http_url, "ca_cert": ca, "tenant": state.keys.tenant})
@@ -82,7 +110,53 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         let _ = t.await;
     }
-    let _ = runner.await;
+    for task in [runner, scheduler, watcher] {
+        let _ = task.await;
+    }
+    if let Some(a) = agent {
+        let _ = a.await;
+    }
+    Ok(())
+}
+
+/// `batchai dev`: joins a local agent (data in `data_dir/agent`, every VM size) and writes
+/// `data_dir/dev.env` with what a client needs.
+async fn start_dev_agent(
+    state: &AppState,
+    cfg: &Config,
+    data_dir: &std::path::Path,
+    http_url: &str,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let agent_dir = data_dir.join("agent");
+    let mut agent_cfg = Config { server_url: Some(http_url.to_owned()), vm_sizes: vec!["*".into()], ..cfg.clone() };
+    if !agent_dir.join("node.json").exists() {
+        let (_, token) = crate::admin::create_join_token(state.store.as_ref(), "dev", Some(600)).await?;
+        agent_cfg.join_token = Some(token);
+    }
+    let agent_cfg = agent_cfg.agent_config(agent_dir)?;
+    let runtime: std::sync::Arc<dyn batchai_agent::runtime::Runtime> =
+        std::sync::Arc::new(batchai_agent::runtime::ProcessRuntime::new());
+    let task = tokio::spawn(async move {
+        if let Err(e) = batchai_agent::agent::run(agent_cfg, runtime, stop).await {
+            tracing::error!(error = %e, "the local agent stopped");
+        }
+    });
+    let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.env"))
+        .context("reading bootstrap.env (the dev data dir was not created by `batchai dev`?)")?;
+    let path = data_dir.join("dev.env");
+    write_private(&path, &bootstrap)?;
+    println!("batchai dev: a local agent serves every VM size; job files live in {}", cfg.storage_root().display());
+    println!("client settings: source {}", path.display());
+    Ok(task)
+}
+
+/// Writes a file only its owner can read (it holds credentials).
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }
 
@@ -113,19 +187,14 @@ async fn bootstrap(
         id = p.client_id,
     );
     let path = data_dir.join("bootstrap.env");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-        f.write_all(env.as_bytes())?;
-    }
+    write_private(&path, &env)?;
     println!("first start: created credentials for subscription {} (shown once):", subs[0]);
     print!("{env}");
     println!("they are also in {} (mode 0600): `source {}`", path.display(), path.display());
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::resources::{LocatedBody, being_deleted, list_page, load_group, new_resource, patch_tags};
 use super::route::{JobAction, Route};
 use super::{Ctx, method_not_allowed, ok, paging, render};
-use crate::{Error, lro};
+use crate::{Error, files, lro};
 
 pub(super) async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response, Error> {
     use Method as M;
@@ -277,6 +277,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     op.location = inserted.parent_location.unwrap_or(op.location);
     lro::wake_if_pending(ctx, &op);
     tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
+    ctx.state.scheduler.wake.notify_one();
     Ok(lro::accepted(ctx, &op))
 }
 
@@ -304,6 +305,7 @@ async fn patch_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     if !ctx.state.store.update_cluster_spec(&row.key, &spec_json, allocation, batchai_core::time::now_millis()).await? {
         return Err(being_deleted(&row).into());
     }
+    ctx.state.scheduler.wake.notify_one();
     get(ctx, r).await
 }
 
@@ -338,6 +340,7 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     op.location = inserted.parent_location.unwrap_or(op.location);
     lro::wake_if_pending(ctx, &op);
     tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");
+    ctx.state.scheduler.wake.notify_one();
     Ok(lro::accepted(ctx, &op))
 }
 
@@ -385,7 +388,7 @@ async fn list_output_files(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error
         .param("outputdirectoryid")
         .ok_or_else(|| ApiError::invalid("outputdirectoryid", "The outputdirectoryid query parameter is required."))?;
     let spec: JobSpec = row.spec.clone().and_then(|s| serde_json::from_value(s).ok()).ok_or_else(ApiError::internal)?;
-    let declared = dir_id.eq_ignore_ascii_case("stdouterr")
+    let declared = dir_id.eq_ignore_ascii_case(files::STDOUTERR)
         || spec.output_directories.iter().flatten().any(|d| d.id.eq_ignore_ascii_case(dir_id));
     if !declared {
         return Err(ApiError::invalid(
@@ -394,18 +397,40 @@ async fn list_output_files(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error
         )
         .into());
     }
-    if let Some(raw) = ctx.param("linkexpiryinminutes") {
-        raw.parse::<i32>().ok().filter(|m| (5..=600).contains(m)).ok_or_else(|| {
+    let expiry_minutes = match ctx.param("linkexpiryinminutes") {
+        None => 60,
+        Some(raw) => raw.parse::<i64>().ok().filter(|m| (5..=600).contains(m)).ok_or_else(|| {
             ApiError::invalid("linkexpiryinminutes", format!("linkexpiryinminutes must be 5 to 600, got '{raw}'"))
-        })?;
-    }
-    let directory = ctx.param("directory").unwrap_or(".");
+        })?,
+    };
+    let directory = ctx.param("directory").unwrap_or(".").to_owned();
     if directory.starts_with('/') || directory.split(['/', '\\']).any(|s| s == "..") {
         return Err(ApiError::invalid("directory", "directory must be a path inside the output directory").into());
     }
     let page = paging::page(ctx)?;
-    // No node has written anything yet: files appear once jobs run (the node agents).
-    Ok(ok(paging::list_body(ctx, Vec::new(), page.size, None)))
+    // The cluster may have been deleted since: then only the job's own mounts are known.
+    let cluster = match row.job.as_ref() {
+        Some(j) => ctx.state.store.get_resource(&j.cluster_key).await?,
+        None => None,
+    };
+    let cluster_spec: Option<ClusterSpec> = cluster.and_then(|c| serde_json::from_value(c.spec?).ok());
+    let root = ctx.state.settings.storage_root.clone();
+    let segment = render::job_output_segment(&row);
+    let Some(dir) = files::output_location(&spec, cluster_spec.as_ref(), &segment, dir_id, &root) else {
+        return Ok(ok(paging::list_body(ctx, Vec::new(), page.size, None)));
+    };
+    let entries = tokio::task::spawn_blocking(move || files::list_dir(&root, &dir, &directory))
+        .await
+        .map_err(|_| ApiError::internal())??;
+    let mut rest = entries.into_iter().filter(|e| page.after.as_deref().is_none_or(|after| e.name.as_str() > after));
+    let size = usize::try_from(page.size).unwrap_or(1000);
+    let chosen: Vec<files::FileEntry> = rest.by_ref().take(size).collect();
+    let more = rest.next().is_some();
+    let signer = files::LinkSigner::new(ctx.state.keys.download_key());
+    let expires_at = batchai_core::time::now_millis() / 1000 + expiry_minutes * 60;
+    let items = chosen.iter().map(|e| files::render_entry(e, &signer, &ctx.base, expires_at)).collect();
+    let last = if more { chosen.last().map(|e| e.name.as_str()) } else { None };
+    Ok(ok(paging::list_body(ctx, items, page.size, last)))
 }
 
 fn operations() -> Value {

@@ -4,7 +4,7 @@
 
 mod batchai;
 mod paging;
-mod render;
+pub(crate) mod render;
 mod resources;
 pub mod route;
 
@@ -109,7 +109,12 @@ pub async fn handle(
         base_url(&state, scheme, &headers),
         state.keys.tenant
     );
-    match handle_inner(state, scheme, method, uri, headers, body).await {
+    // Run to completion even if the client goes away: a request cancelled inside a database
+    // transaction could hand its connection back mid-transaction.
+    let outcome = tokio::spawn(handle_inner(state, scheme, method, uri, headers, body))
+        .await
+        .unwrap_or_else(|_| Err(ApiError::internal().into()));
+    match outcome {
         Ok(res) => res,
         Err(e) => {
             let unauthenticated = e.0.code == ErrorCode::InvalidAuthenticationToken;

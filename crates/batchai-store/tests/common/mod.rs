@@ -100,6 +100,7 @@ pub fn new(r: &ResourceRef, state: ProvisioningState) -> NewResource {
     }
 }
 
+/// rg/ws/exp/job and rg/ws/cluster.
 pub async fn tree(s: &dyn Store, rg_name: &str) -> (ResourceRef, ResourceRef, ResourceRef, ResourceRef, ResourceRef) {
     let g = rg(rg_name);
     let ws = g.child(Kind::Workspace, name("ws", Kind::Workspace));

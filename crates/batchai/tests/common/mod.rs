@@ -82,7 +82,7 @@ impl Server {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"])
             .env_remove("BATCHAI_DATABASE_URL")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -92,6 +92,10 @@ impl Server {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        // A fixed port (BATCHAI_HTTP_LISTEN) lets agents find a restarted server.
+        if !env.iter().any(|(k, _)| k == "BATCHAI_HTTP_LISTEN") {
+            cmd.args(["--http-listen", "127.0.0.1:0"]);
         }
         let mut child = cmd.spawn().expect("server starts");
         let stdout = child.stdout.take().expect("stdout piped");
@@ -275,4 +279,61 @@ pub async fn scaffold(c: &Client, rg: &str) -> String {
     let r = c.put_and_wait(&format!("{}?{BAI}", Server::bai(rg, "workspaces/ws/clusters/c")), &cluster_body()).await;
     assert_eq!(r.status, 200, "{}", r.text);
     r.body["id"].as_str().expect("cluster id").to_owned()
+}
+
+/// A free loopback port (for a server that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A running `batchai agent` process with its own data dir; killed when dropped.
+pub struct Agent {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Joins `server` with a fresh join token.
+    pub fn start(server: &Server, env: &[(String, String)]) -> Self {
+        let token = server.admin_json(&["join-token", "create"])["join_token"].as_str().expect("token").to_owned();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().to_owned();
+        let mut a = Self { child: Self::spawn(&server.http, &data_dir, Some(&token), env), data_dir, _tmp: tmp };
+        a.child.stdin.take();
+        a
+    }
+
+    fn spawn(url: &str, data_dir: &Path, token: Option<&str>, env: &[(String, String)]) -> Child {
+        let mut cmd = Command::new(binary());
+        cmd.arg("agent")
+            .arg("--server")
+            .arg(url)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--address", "127.0.0.1", "--vm-size", "STANDARD_NC6"])
+            .env_remove("BATCHAI_DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(t) = token {
+            cmd.arg("--join-token").arg(t);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("agent starts")
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -1,0 +1,460 @@
+//! One node's part of a job, from assignment to exit: directories and mounts, job preparation,
+//! the toolkit's processes, the wall-clock limit and stop requests.
+//!
+//! What to create and run comes from the pure functions of [`batchai_core::contract`]; this
+//! module only carries it out and reports phases ([`TaskPhase`]) on a channel as it goes. The
+//! last report is always `Exited`, sent once nothing the task started still runs.
+//!
+//! Secrets are in the processes' environment and nowhere else: neither the agent's log nor the
+//! job's `execution.log` shows an environment or a command line, only process names.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use batchai_core::contract::env::{self, JobContext};
+use batchai_core::contract::toolkit::{self, Process};
+use batchai_core::protocol::{Gpu, TaskAssignment, TaskError, TaskPhase, TaskReport};
+use batchai_core::time::{now_millis, to_rfc3339};
+use tokio::sync::{mpsc, watch};
+
+use crate::runtime::{ContainerSpec, Exit, ProcessSpec, Running, Runtime, RuntimeError};
+use crate::setup::{blocking, job_mounts, link_mounts, stopped};
+
+pub const JOB_PREPARATION_FAILED: &str = "JobPreparationFailed";
+pub const JOB_PREPARATION_MESSAGE: &str = "Job preparation task failed with non-zero exit code";
+pub const JOB_FAILED: &str = "JobFailed";
+pub const WALL_CLOCK_EXCEEDED: &str = "JobMaxWallClockTimeExceeded";
+
+/// What the executor needs to know about the node it runs on.
+#[derive(Debug, Clone)]
+pub struct NodeContext {
+    pub node_id: String,
+    /// The agent's data directory: cluster mounts live in `mounts/`, job temp dirs in `jobs/`.
+    pub data_dir: PathBuf,
+    /// Where shares and containers live; jobs' shared temp dirs are under `.batchai/shared/`.
+    pub storage_root: PathBuf,
+    pub gpus: Vec<Gpu>,
+    /// SIGTERM→SIGKILL grace when processes must be stopped.
+    pub stop_grace: Duration,
+}
+
+impl NodeContext {
+    /// `AZ_BATCHAI_MOUNT_ROOT`.
+    pub fn mount_root(&self) -> PathBuf {
+        self.data_dir.join("mounts")
+    }
+
+    /// `AZ_BATCHAI_JOB_TEMP_DIR`.
+    pub fn job_temp_root(&self) -> PathBuf {
+        self.data_dir.join("jobs")
+    }
+}
+
+/// The job's name: the last segment of its ARM id.
+pub fn job_name(id: &str) -> &str {
+    id.rsplit('/').find(|s| !s.is_empty()).unwrap_or(id)
+}
+
+/// Runs `task` to its end. Sends a report on `reports` at each phase change, the last one
+/// `Exited` (also returned). Turning `stop` true stops everything and reports `Exited`
+/// without an exit code or error.
+pub async fn execute(
+    node: &NodeContext,
+    runtime: &dyn Runtime,
+    task: &TaskAssignment,
+    mut stop: watch::Receiver<bool>,
+    reports: mpsc::UnboundedSender<TaskReport>,
+) -> TaskReport {
+    let mut run = Execution { node, runtime, task, reports, log: None, procs: Vec::new() };
+    run.report(TaskPhase::Preparing, None, None);
+    let deadline = (task.max_wall_clock_secs > 0)
+        .then(|| task.started_at.saturating_add(task.max_wall_clock_secs.saturating_mul(1000)));
+    let wall_clock = async {
+        match deadline {
+            Some(at) => {
+                let left = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(left)).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let end = if deadline.is_some_and(|at| at <= now_millis()) {
+        run.wall_clock_exceeded()
+    } else {
+        // `steps` leaves what it started in `run.procs`, so dropping it midway loses nothing.
+        let interrupted = tokio::select! {
+            biased;
+            end = run.steps() => Ok(end),
+            () = stopped(&mut stop) => Err(Interrupt::Stop),
+            () = wall_clock => Err(Interrupt::WallClock),
+        };
+        match interrupted {
+            Ok(end) => end,
+            Err(Interrupt::Stop) => {
+                run.log("stop requested").await;
+                End { exit_code: None, error: None }
+            }
+            Err(Interrupt::WallClock) => {
+                run.log("wall-clock limit reached").await;
+                run.wall_clock_exceeded()
+            }
+        }
+    };
+    run.stop_all().await;
+    let line = match (&end.exit_code, &end.error) {
+        (_, Some(e)) => format!("finished: {}: {}", e.code, e.message),
+        (Some(code), None) => format!("finished with exit code {code}"),
+        (None, None) => "stopped".to_owned(),
+    };
+    run.log(&line).await;
+    tracing::info!(job.id = %task.id, epoch = task.epoch, exit_code = ?end.exit_code, error = ?end.error, "task exited");
+    run.report(TaskPhase::Exited, end.exit_code, end.error)
+}
+
+enum Interrupt {
+    Stop,
+    WallClock,
+}
+
+/// How this node's part ended.
+struct End {
+    exit_code: Option<i32>,
+    error: Option<TaskError>,
+}
+
+impl End {
+    fn failed(code: &str, message: impl Into<String>) -> Self {
+        End { exit_code: None, error: Some(TaskError { code: code.to_owned(), message: message.into() }) }
+    }
+}
+
+/// A started process.
+struct Proc {
+    name: String,
+    /// TensorFlow parameter servers (`ps-*`) serve until the workers are done.
+    daemon: bool,
+    handle: Box<dyn Running>,
+    exit: Option<Exit>,
+}
+
+/// What preparation computed: everything to run, all owned.
+struct Prepared {
+    env: Vec<(String, String)>,
+    job_temp: PathBuf,
+    stdouterr: PathBuf,
+    job_prep: Option<Process>,
+    processes: Vec<Process>,
+}
+
+struct Execution<'a> {
+    node: &'a NodeContext,
+    runtime: &'a dyn Runtime,
+    task: &'a TaskAssignment,
+    reports: mpsc::UnboundedSender<TaskReport>,
+    /// `execution.log` (rank 0) or `execution-<rank>.log`, once its directory exists.
+    log: Option<PathBuf>,
+    procs: Vec<Proc>,
+}
+
+impl Execution<'_> {
+    fn report(&self, phase: TaskPhase, exit_code: Option<i32>, error: Option<TaskError>) -> TaskReport {
+        let report = TaskReport { job: self.task.job.clone(), epoch: self.task.epoch, phase, exit_code, error };
+        // The receiver is gone only when the agent is shutting down; nobody is left to tell.
+        let _ = self.reports.send(report.clone());
+        report
+    }
+
+    /// Appends a timestamped line to the job's execution log. Never given secrets.
+    async fn log(&self, line: &str) {
+        let Some(path) = self.log.clone() else { return };
+        let text = format!("{} {line}\n", to_rfc3339(now_millis()));
+        let written = blocking(move || {
+            use std::io::Write;
+            std::fs::OpenOptions::new().create(true).append(true).open(&path)?.write_all(text.as_bytes())
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::debug!(job.id = %self.task.id, error = %e, "cannot write the execution log");
+        }
+    }
+
+    fn wall_clock_exceeded(&self) -> End {
+        let secs = self.task.max_wall_clock_secs;
+        End::failed(WALL_CLOCK_EXCEEDED, format!("The job exceeded its maxWallClockTime ({secs} s) and was stopped"))
+    }
+
+    /// Everything up to this node's end, leaving started processes in `self.procs`.
+    async fn steps(&mut self) -> End {
+        let prepared = match self.prepare().await {
+            Ok(p) => p,
+            Err(message) => {
+                self.log(&format!("preparation failed: {message}")).await;
+                return End::failed(JOB_PREPARATION_FAILED, message);
+            }
+        };
+        if let Some(prep) = &prepared.job_prep {
+            self.log("running job preparation").await;
+            let exit = match self.start(&prepared, prep, false).await {
+                Ok(i) => self.wait_one(i).await,
+                Err(e) => Err(e),
+            };
+            match exit {
+                Ok(exit @ Exit::Code(0)) => self.log(&format!("job preparation {}", describe(exit))).await,
+                Ok(exit) => {
+                    self.log(&format!("job preparation {}", describe(exit))).await;
+                    let error = TaskError {
+                        code: JOB_PREPARATION_FAILED.to_owned(),
+                        message: JOB_PREPARATION_MESSAGE.to_owned(),
+                    };
+                    return End { exit_code: exit.code(), error: Some(error) };
+                }
+                Err(e) => return End::failed(JOB_PREPARATION_FAILED, format!("job preparation: {e}")),
+            }
+        }
+        if prepared.processes.is_empty() {
+            self.log("no processes run on this node").await;
+            return End { exit_code: Some(0), error: None };
+        }
+        self.report(TaskPhase::Running, None, None);
+        for process in &prepared.processes {
+            self.log(&format!("starting process {}", process.name)).await;
+            if let Err(e) = self.start(&prepared, process, process.name.starts_with("ps-")).await {
+                return End::failed(JOB_FAILED, e.to_string());
+            }
+        }
+        self.wait_all().await
+    }
+
+    async fn prepare(&mut self) -> Result<Prepared, String> {
+        let (node, task) = (self.node, self.task);
+        let (mount_root, job_temp_root) = (node.mount_root(), node.job_temp_root());
+        let shared_job_temp = node.storage_root.join(".batchai").join("shared").join(&task.uid);
+        let name = job_name(&task.id);
+        let ctx = JobContext {
+            spec: &task.spec,
+            job_name: name,
+            output_segment: &task.output_segment,
+            rank: task.rank,
+            nodes: &task.nodes,
+            gpus: u32::try_from(node.gpus.len()).unwrap_or(u32::MAX),
+            mount_root: &mount_root,
+            job_temp_root: &job_temp_root,
+            shared_job_temp: &shared_job_temp,
+        };
+        let paths = env::job_paths(&ctx);
+        let mounts = job_mounts(task.spec.mount_volumes.as_ref(), &node.storage_root).map_err(|e| e.to_string())?;
+        let hostfile = env::hostfile(&task.nodes, None);
+        let mut dirs = vec![paths.job_temp.clone(), paths.shared_job_temp.clone(), paths.stdouterr.clone()];
+        dirs.extend(paths.outputs.iter().map(|(_, p)| p.clone()));
+        let (keep, root, job_mount_root, hostfile_path) =
+            (name.to_owned(), job_temp_root.clone(), paths.job_mount_root.clone(), paths.hostfile.clone());
+        blocking(move || {
+            // AZ_BATCHAI_JOB_TEMP_DIR is wiped when a node starts a new job. Links are removed,
+            // never followed, so shares mounted in an old job are untouched.
+            wipe_except(&root, &keep)?;
+            for dir in &dirs {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+            }
+            crate::setup::unmount_all(&job_mount_root)?;
+            link_mounts(&job_mount_root, &mounts)?;
+            std::fs::write(&hostfile_path, hostfile)
+        })
+        .await
+        .map_err(|e| format!("cannot prepare the job's directories: {e}"))?;
+        let log_name = if task.rank == 0 { "execution.log".to_owned() } else { format!("execution-{}.log", task.rank) };
+        self.log = Some(paths.stdouterr.join(log_name));
+        self.log(&format!(
+            "preparing job {} (epoch {}) on node {} as rank {} of {}",
+            task.id,
+            task.epoch,
+            node.node_id,
+            task.rank,
+            task.nodes.len()
+        ))
+        .await;
+        self.log("directories, mounts and host file ready").await;
+        let mut job_prep = toolkit::job_preparation(&ctx);
+        if let Some(prep) = job_prep.as_mut().filter(|_| task.rank > 0) {
+            // Every node runs it: each keeps its own log files.
+            for file in [&mut prep.stdout, &mut prep.stderr] {
+                if let Some(stem) = file.strip_suffix(".txt") {
+                    *file = format!("{stem}-{}.txt", task.rank);
+                }
+            }
+        }
+        Ok(Prepared {
+            env: env::job_env(&ctx, &paths),
+            processes: toolkit::processes(&ctx, &paths),
+            job_prep,
+            job_temp: paths.job_temp,
+            stdouterr: paths.stdouterr,
+        })
+    }
+
+    /// The container the job's processes run in, when the job asks for one. Paths are mounted
+    /// at the same place inside, so the job's variables hold there too.
+    fn container(&self) -> Option<ContainerSpec> {
+        let settings = self.task.spec.container_settings.as_ref()?;
+        let same = |p: PathBuf| (p.clone(), p);
+        Some(ContainerSpec {
+            image: settings.image_source_registry.image.clone(),
+            gpus: self.node.gpus.iter().map(|g| g.uuid.clone()).collect(),
+            mounts: vec![
+                same(self.node.storage_root.clone()),
+                same(self.node.mount_root()),
+                same(self.node.job_temp_root()),
+            ],
+            shm_size: settings.shm_size.clone(),
+        })
+    }
+
+    /// Starts `process`; returns its index in `self.procs`.
+    async fn start(&mut self, prepared: &Prepared, process: &Process, daemon: bool) -> Result<usize, RuntimeError> {
+        let mut env = prepared.env.clone();
+        env.extend(process.env.iter().cloned());
+        let spec = ProcessSpec {
+            name: format!("{}/{}", job_name(&self.task.id), process.name),
+            command: process.command.clone(),
+            env,
+            cwd: prepared.job_temp.clone(),
+            stdout: prepared.stdouterr.join(&process.stdout),
+            stderr: prepared.stdouterr.join(&process.stderr),
+            container: self.container(),
+        };
+        let handle = self.runtime.start(spec).await.inspect_err(|e| {
+            tracing::warn!(job.id = %self.task.id, process.name = %process.name, error = %e, "cannot start process");
+        })?;
+        tracing::info!(job.id = %self.task.id, process.name = %process.name, process.id = %handle.id(), "process started");
+        self.procs.push(Proc { name: process.name.clone(), daemon, handle, exit: None });
+        Ok(self.procs.len() - 1)
+    }
+
+    async fn wait_one(&mut self, i: usize) -> Result<Exit, RuntimeError> {
+        let exit = self.procs[i].handle.wait().await?;
+        self.procs[i].exit = Some(exit);
+        Ok(exit)
+    }
+
+    /// Waits until every non-daemon process has exited 0, or the first failure. A node that
+    /// runs only daemons waits for them instead (they are then its whole part).
+    async fn wait_all(&mut self) -> End {
+        let only_daemons = self.procs.iter().all(|p| p.daemon);
+        loop {
+            let done = self.procs.iter().all(|p| p.exit.is_some() || (p.daemon && !only_daemons));
+            if done {
+                return End { exit_code: Some(0), error: None };
+            }
+            let Some((i, exit)) = first_exit(&mut self.procs).await else {
+                return End { exit_code: Some(0), error: None };
+            };
+            let name = self.procs[i].name.clone();
+            let exit = match exit {
+                Ok(exit) => exit,
+                Err(e) => return End::failed(JOB_FAILED, format!("lost process {name}: {e}")),
+            };
+            self.procs[i].exit = Some(exit);
+            self.log(&format!("process {name} {}", describe(exit))).await;
+            match exit {
+                Exit::Code(0) => {}
+                Exit::Code(code) => return End { exit_code: Some(code), error: None },
+                Exit::Signal(_) => return End::failed(JOB_FAILED, format!("process {name} {}", describe(exit))),
+            }
+        }
+    }
+
+    /// Stops every process started (those that exited too, so what they left behind goes),
+    /// all at once, each with the grace.
+    async fn stop_all(&mut self) {
+        if self.procs.is_empty() {
+            return;
+        }
+        let running: Vec<String> = self.procs.iter().filter(|p| p.exit.is_none()).map(|p| p.name.clone()).collect();
+        if !running.is_empty() {
+            self.log(&format!("stopping {}", running.join(", "))).await;
+        }
+        let grace = self.node.stop_grace;
+        let results = join_all(self.procs.iter_mut().map(|p| p.handle.stop(grace)).collect()).await;
+        for (p, result) in self.procs.iter_mut().zip(results) {
+            match result {
+                Ok(exit) => {
+                    p.exit.get_or_insert(exit);
+                }
+                Err(e) => {
+                    tracing::warn!(job.id = %self.task.id, process.name = %p.name, error = %e, "cannot stop process")
+                }
+            }
+        }
+    }
+}
+
+fn describe(exit: Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("exited with code {code}"),
+        Exit::Signal(signal) => format!("was killed by signal {signal}"),
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The first of the still-running processes to end, with its index; `None` when none runs.
+/// Cancel-safe, as [`Running::wait`] is.
+async fn first_exit(procs: &mut [Proc]) -> Option<(usize, Result<Exit, RuntimeError>)> {
+    let mut waits: Vec<(usize, BoxFuture<'_, Result<Exit, RuntimeError>>)> =
+        procs.iter_mut().enumerate().filter(|(_, p)| p.exit.is_none()).map(|(i, p)| (i, p.handle.wait())).collect();
+    if waits.is_empty() {
+        return None;
+    }
+    std::future::poll_fn(|cx| {
+        for (i, wait) in &mut waits {
+            if let Poll::Ready(exit) = wait.as_mut().poll(cx) {
+                return Poll::Ready(Some((*i, exit)));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Runs the futures concurrently; their results in order.
+async fn join_all<T>(futures: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    let mut slots: Vec<(BoxFuture<'_, T>, Option<T>)> = futures.into_iter().map(|f| (f, None)).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, result) in &mut slots {
+            if result.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *result = Some(value),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    slots.into_iter().filter_map(|(_, result)| result).collect()
+}
+
+/// Removes everything in `root` but `keep`, without following links.
+fn wipe_except(root: &Path, keep: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,19 @@
+//! Node-side building blocks of `batchai agent`, the process that runs on each GPU machine.
+//!
+//! # Layout
+//!
+//! - [`runtime`]: how a job's processes are started, waited for and stopped. [`runtime::Runtime`]
+//!   is the seam: [`runtime::ProcessRuntime`] runs `bash -c` in its own process group on the
+//!   host; a Docker runtime (image, GPUs, mounts, reattach after an agent restart) fits next to
+//!   it; [`runtime::FakeRuntime`] scripts outcomes for tests of the logic above it.
+//! - [`facts`]: what this machine is and has (hostname, cores, memory, GPUs via `nvidia-smi`),
+//!   reported to the server as [`batchai_core::protocol::NodeFacts`].
+//! - [`agent`]: joining the server and the sync loop ([`agent::run`] is the entry point).
+//! - [`executor`]: one node's part of a job, from directories to exit code.
+//! - [`setup`]: preparing the node for its cluster (mounts, setup task).
+
+pub mod agent;
+pub mod executor;
+pub mod facts;
+pub mod runtime;
+pub mod setup;

@@ -1,0 +1,146 @@
+//! Node setup and the executor with real `bash` processes, a temp dir standing in for the
+//! agent's data directory and for the storage root.
+
+use std::path::Path;
+use std::time::Duration;
+
+use batchai_agent::executor::{NodeContext, execute};
+use batchai_agent::runtime::ProcessRuntime;
+use batchai_agent::setup::{SetupContext, prepare};
+use batchai_core::models::{ClusterSpec, JobSpec};
+use batchai_core::protocol::{ClusterAssignment, Peer, TaskAssignment, TaskPhase};
+use batchai_core::time::now_millis;
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// Only a guard against hangs.
+const GUARD: Duration = Duration::from_secs(60);
+const SEGMENT: &str = "sub/rg/workspaces/w/experiments/e/jobs/job1/uid1";
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn share() -> serde_json::Value {
+    json!({"azureFileShares": [{"accountName": "acct", "credentials": {},
+        "azureFileUrl": "https://acct.file.core.windows.net/share", "relativeMountPath": "afs"}]})
+}
+
+#[tokio::test]
+async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, storage) = (dir.path().join("data"), dir.path().join("storage"));
+    let runtime = ProcessRuntime::new();
+
+    let cluster: ClusterSpec = serde_json::from_value(json!({
+        "vmSize": "STANDARD_NC6",
+        "userAccountSettings": {"adminUserName": "u"},
+        "nodeSetup": {"mountVolumes": share(), "setupTask": {
+            "commandLine": "echo set up in $AZ_BATCHAI_MOUNT_ROOT with $GREETING",
+            "environmentVariables": [{"name": "GREETING", "value": "hi"}],
+            "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+            "stdOutErrPathSuffix": "sub/rg/workspaces/w/clusters/c/cuid"}}
+    }))
+    .unwrap();
+    let assignment = ClusterAssignment { key: "c".into(), id: "c".into(), alloc_epoch: 1, spec: cluster };
+    let setup = SetupContext {
+        node_id: "node-1".into(),
+        mount_root: data.join("mounts"),
+        storage_root: storage.clone(),
+        work_dir: data.join("setup"),
+        stop_grace: Duration::from_secs(5),
+    };
+    let (_keep, stop) = watch::channel(false);
+    let report = tokio::time::timeout(GUARD, prepare(&setup, &runtime, &assignment, stop)).await.unwrap();
+    assert_eq!((report.alloc_epoch, report.error), (1, None));
+    let setup_log = storage.join("acct/share/sub/rg/workspaces/w/clusters/c/cuid/stdout-node-1.txt");
+    assert_eq!(read(&setup_log), format!("set up in {} with hi\n", data.join("mounts").display()));
+
+    let spec: JobSpec = serde_json::from_value(json!({
+        "cluster": {"id": "c"},
+        "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+        "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}],
+        "jobPreparation": {"commandLine": "echo prepared > $AZ_BATCHAI_OUTPUT_MODEL/x"},
+        "customToolkitSettings": {"commandLine": "echo hello $AZ_BATCHAI_NUM_GPUS; echo oops >&2; exit 0"},
+        "secrets": [{"name": "SECRET", "value": "hunter2"}]
+    }))
+    .unwrap();
+    let task = TaskAssignment {
+        job: "job1".into(),
+        epoch: 1,
+        rank: 0,
+        id: "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/job1"
+            .into(),
+        uid: "uid1".into(),
+        output_segment: SEGMENT.into(),
+        spec,
+        nodes: vec![Peer { id: "node-1".into(), address: "127.0.0.1".into(), gpus: 0 }],
+        max_wall_clock_secs: 3600,
+        started_at: now_millis(),
+        stop: false,
+    };
+    let node = NodeContext {
+        node_id: "node-1".into(),
+        data_dir: data.clone(),
+        storage_root: storage.clone(),
+        gpus: Vec::new(),
+        stop_grace: Duration::from_secs(5),
+    };
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let (_keep, stop) = watch::channel(false);
+    let end = tokio::time::timeout(GUARD, execute(&node, &runtime, &task, stop, tx)).await.unwrap();
+    assert_eq!((end.phase, end.exit_code, end.error), (TaskPhase::Exited, Some(0), None));
+    let mut phases = Vec::new();
+    while let Ok(r) = reports.try_recv() {
+        phases.push(r.phase);
+    }
+    assert_eq!(phases, [TaskPhase::Preparing, TaskPhase::Running, TaskPhase::Exited]);
+
+    let job_dir = storage.join("acct/share").join(SEGMENT);
+    let stdouterr = job_dir.join("stdouterr");
+    assert_eq!(read(&stdouterr.join("stdout.txt")), "hello 0\n");
+    assert_eq!(read(&stdouterr.join("stderr.txt")), "oops\n");
+    assert_eq!(read(&job_dir.join("outputs/x")), "prepared\n", "outputs exist before job preparation");
+    let log = read(&stdouterr.join("execution.log"));
+    assert!(log.contains("running job preparation") && log.contains("finished with exit code 0"), "{log}");
+    assert!(!log.contains("hunter2"), "secrets never reach the execution log");
+    assert!(storage.join(".batchai/shared/uid1").is_dir());
+    assert!(data.join("jobs/job1/hostfile").is_file());
+}
+
+#[tokio::test]
+async fn a_failing_command_reports_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec: JobSpec = serde_json::from_value(json!({
+        "cluster": {"id": "c"},
+        "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_JOB_TEMP",
+        "customToolkitSettings": {"commandLine": "false"}
+    }))
+    .unwrap();
+    let task = TaskAssignment {
+        job: "job2".into(),
+        epoch: 3,
+        rank: 0,
+        id: "/x/jobs/job2".into(),
+        uid: "uid2".into(),
+        output_segment: "seg".into(),
+        spec,
+        nodes: vec![Peer { id: "n".into(), address: "127.0.0.1".into(), gpus: 0 }],
+        max_wall_clock_secs: 3600,
+        started_at: now_millis(),
+        stop: false,
+    };
+    let node = NodeContext {
+        node_id: "n".into(),
+        data_dir: dir.path().join("data"),
+        storage_root: dir.path().join("storage"),
+        gpus: Vec::new(),
+        stop_grace: Duration::from_secs(5),
+    };
+    let (tx, _reports) = mpsc::unbounded_channel();
+    let (_keep, stop) = watch::channel(false);
+    let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, stop, tx)).await.unwrap();
+    assert_eq!((end.exit_code, end.error), (Some(1), None));
+}

@@ -1,0 +1,291 @@
+//! The node-agent protocol (`batchai_core::protocol`): `/agent/v1/join` and `/agent/v1/sync`.
+//!
+//! Separate from the ARM API: a join token admits a machine once, and from then on the node
+//! authenticates with its own credential and can read and report only its own assignments.
+//! A sync is the node's heartbeat and a long poll: the server applies the node's reports,
+//! works out what the node must run, and answers at once when that differs from what the node
+//! last acted on — otherwise it holds the request until the node's desired state changes (this
+//! server's scheduler notifies directly; other servers' changes are seen by polling
+//! `nodes.changed_at`) or the wait runs out.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use batchai_core::ApiError;
+use batchai_core::models::{ClusterSpec, JobSpec};
+use batchai_core::protocol::*;
+use batchai_core::state::ExecutionState;
+use batchai_core::time::{Millis, now_millis};
+use batchai_core::vm_sizes;
+use batchai_scheduler::outcome::ending;
+use batchai_store::{JobOutcome, NewNode, NodeFactsRow, NodeRow, Store, StoreError};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::auth::{hash_secret, new_secret};
+use crate::{AppState, Error};
+
+/// Prefix of node credentials (tells them apart from API tokens in logs and leaks).
+const NODE_CREDENTIAL_PREFIX: &str = "bai_node_";
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/agent/v1/join", post(join)).route("/agent/v1/sync", post(sync))
+}
+
+/// Long polls waiting per node, woken when that node's desired state changes.
+#[derive(Default)]
+pub struct Waiters {
+    by_node: Mutex<HashMap<String, Arc<Notify>>>,
+    /// The last `changed_at` seen per node, so a node is woken once per change.
+    seen: Mutex<HashMap<String, Millis>>,
+}
+
+impl Waiters {
+    fn notify_for(&self, node: &str) -> Arc<Notify> {
+        let mut map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(node.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, node: &str) {
+        let map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get(node) {
+            n.notify_waiters();
+        }
+    }
+}
+
+/// Wakes the long polls of nodes whose desired state changed, on this server or another one.
+/// Polls `nodes.changed_at` on every `changed` notification and every `interval`.
+pub async fn watch_changes(
+    state: AppState,
+    interval: Duration,
+    changed: Arc<Notify>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    // Rows are re-read from a little before the newest change seen: a transaction that
+    // committed late with an earlier timestamp is still noticed.
+    const OVERLAP_MS: i64 = 5_000;
+    let mut since = now_millis() - OVERLAP_MS;
+    loop {
+        match state.store.nodes_changed_since(since - OVERLAP_MS).await {
+            Ok(rows) => {
+                let mut seen = state.waiters.seen.lock().unwrap_or_else(|e| e.into_inner());
+                for (node, at) in rows {
+                    since = since.max(at);
+                    if seen.get(&node).is_none_or(|s| *s < at) {
+                        seen.insert(node.clone(), at);
+                        state.waiters.wake(&node);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read node changes; retrying"),
+        }
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn unauthorized(msg: &str) -> Error {
+    ApiError::new(batchai_core::ErrorCode::AuthenticationFailed, msg).into()
+}
+
+/// The facts as stored, with warnings where the node is smaller than a size it claims.
+fn facts_row(f: &NodeFacts) -> (NodeFactsRow, Vec<String>) {
+    let mut warnings = Vec::new();
+    for size in f.vm_sizes.iter().filter(|s| s.as_str() != "*") {
+        let Some(v) = vm_sizes::find(size) else { continue };
+        let gpus = f.gpus.len() as u32;
+        if f.cores < v.cores || f.memory_mb < v.memory_mib * 9 / 10 || gpus < v.gpus {
+            warnings.push(format!(
+                "{size} has {} cores, {} MiB and {} GPUs; this node has {} cores, {} MiB and {gpus} GPUs",
+                v.cores, v.memory_mib, v.gpus, f.cores, f.memory_mb
+            ));
+        }
+    }
+    let row = NodeFactsRow {
+        hostname: f.hostname.clone(),
+        address: f.address.clone(),
+        ssh_port: i32::from(f.ssh_port),
+        gpus: f.gpus.len() as i32,
+        facts: serde_json::to_value(f).unwrap_or_default(),
+        vm_sizes: f.vm_sizes.clone(),
+    };
+    (row, warnings)
+}
+
+async fn join(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<JoinResponse>, Error> {
+    let token = bearer(&headers).ok_or_else(|| unauthorized("A join token is required (Authorization: Bearer …)."))?;
+    let now = now_millis();
+    let valid = state
+        .store
+        .find_join_token(&hash_secret(token))
+        .await?
+        .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now));
+    let Some(jt) = valid else { return Err(unauthorized("The join token is unknown, revoked or expired.")) };
+    let req: JoinRequest = batchai_core::validate::parse_json(&body, "")?;
+    let (facts, warnings) = facts_row(&req.facts);
+    let credential = format!("{NODE_CREDENTIAL_PREFIX}{}", new_secret());
+    let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let node = NewNode { id: id.clone(), credential_hash: hash_secret(&credential), facts, now };
+    state.store.register_node(&node).await?;
+    for w in &warnings {
+        tracing::warn!(node.id = %id, warning = %w, "node smaller than a VM size it serves");
+    }
+    tracing::info!(node.id = %id, join_token = %jt.name, hostname = %req.facts.hostname, address = %req.facts.address, gpus = req.facts.gpus.len(), "node joined");
+    state.scheduler.wake.notify_one();
+    Ok(Json(JoinResponse {
+        node_id: id,
+        credential,
+        storage_root: state.settings.storage_root.display().to_string(),
+        warnings,
+    }))
+}
+
+async fn sync(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<SyncResponse>, Error> {
+    let credential = bearer(&headers).ok_or_else(|| unauthorized("A node credential is required."))?;
+    let Some(node) = state.store.node_by_credential(&hash_secret(credential)).await? else {
+        return Err(unauthorized("The node credential is unknown (was the node removed?)."));
+    };
+    let req: SyncRequest = batchai_core::validate::parse_json(&body, "")?;
+    // Reports are applied to completion even if the agent drops the request (it does, to
+    // report something new at once): a write cancelled inside a transaction could hand its
+    // connection back mid-transaction. Only the wait below is cancellable.
+    let (mut node, req) =
+        tokio::spawn(apply_sync(state.clone(), node, req)).await.map_err(|_| Error::from(ApiError::internal()))??;
+    let wait = Duration::from_millis(req.wait_ms).min(state.settings.agent_max_wait);
+    let deadline = tokio::time::Instant::now() + wait;
+    let notify = state.waiters.notify_for(&node.id);
+    loop {
+        // Registered before reading, so a change between the read and the wait is not missed.
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let res = desired(state.store.as_ref(), &node).await?;
+        if req.known.as_deref() != Some(res.version.as_str()) || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(res));
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        node = state.store.get_node(&node.id).await?.unwrap_or(node);
+    }
+}
+
+/// The writing half of a sync: facts, heartbeat, setup and task reports. Returns the node as
+/// it is afterwards.
+async fn apply_sync(state: AppState, node: NodeRow, req: SyncRequest) -> Result<(NodeRow, SyncRequest), Error> {
+    let now = now_millis();
+    if let Some(f) = &req.facts {
+        let (row, _) = facts_row(f);
+        state.store.update_node_facts(&node.id, &row, now).await?;
+    }
+    let Some(mut node) = state.store.heartbeat(&node.id, now).await? else {
+        return Err(unauthorized("The node was removed."));
+    };
+    let mut woke_scheduler = false;
+    if let Some(setup) = &req.setup
+        && state.store.report_setup(&node.id, setup.alloc_epoch, setup.error.as_deref(), now).await?
+    {
+        if let Some(e) = &setup.error {
+            tracing::warn!(node.id = %node.id, error = %e, "node setup failed; node unusable");
+        }
+        woke_scheduler = true;
+    }
+    for t in &req.tasks {
+        woke_scheduler |= apply_report(&state, &node, t).await?;
+    }
+    if woke_scheduler {
+        state.scheduler.wake.notify_one();
+        node = state.store.get_node(&node.id).await?.unwrap_or(node);
+    }
+    Ok((node, req))
+}
+
+/// Records one task report and ends the job when the reports say so. True when nodes may have
+/// been freed.
+async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Result<bool, StoreError> {
+    let phase = match t.phase {
+        TaskPhase::Preparing => "preparing",
+        TaskPhase::Running => "running",
+        TaskPhase::Exited => "exited",
+    };
+    let error = t.error.as_ref().map(|e| (e.code.as_str(), e.message.as_str()));
+    if !state.store.report_task(&node.id, &t.job, t.epoch, phase, t.exit_code, error).await? || phase != "exited" {
+        return Ok(false);
+    }
+    let Some(job) = state.store.get_resource(&t.job).await?.and_then(|r| r.job) else { return Ok(false) };
+    let placement = state.store.job_placement(&t.job, t.epoch).await?;
+    let Some(end) = ending(job.execution_state, &placement) else { return Ok(false) };
+    let now = now_millis();
+    let o = JobOutcome { end_time: Some(now), exit_code: end.exit_code, errors: end.errors, now, ..Default::default() };
+    if state.store.finish_job(&t.job, t.epoch, job.execution_state, end.state, &o).await? {
+        tracing::info!(job.id = %t.job, state = end.state.as_str(), exit_code = ?end.exit_code, "job ended");
+        // Its other nodes must stop now.
+        state.store.touch_job_nodes(&t.job, now).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// What the node must be running now.
+async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, StoreError> {
+    let mut cluster = None;
+    if let Some(key) = &node.cluster_key
+        && let Some(row) = store.get_resource(key).await?
+        && let Some(spec) = row.spec.and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok())
+    {
+        cluster = Some(ClusterAssignment { key: key.clone(), id: row.arm_id, alloc_epoch: node.alloc_epoch, spec });
+    }
+    let mut tasks = Vec::new();
+    if let (Some(key), Some(epoch)) = (&node.job_key, node.job_epoch)
+        && let Some(row) = store.get_resource(key).await?
+        && let Some(job) = &row.job
+        && matches!(job.execution_state, ExecutionState::Running | ExecutionState::Terminating)
+        && let Some(spec) = row.spec.clone().and_then(|s| serde_json::from_value::<JobSpec>(s).ok())
+    {
+        let placement = store.job_placement(key, epoch).await?;
+        let rank = placement.iter().position(|p| p.node_id == node.id).unwrap_or(0);
+        tasks.push(TaskAssignment {
+            job: key.clone(),
+            epoch,
+            rank,
+            output_segment: crate::arm::render::job_output_segment(&row),
+            id: row.arm_id.clone(),
+            uid: row.uid.clone(),
+            spec,
+            nodes: placement
+                .iter()
+                .map(|p| Peer { id: p.node_id.clone(), address: p.address.clone(), gpus: p.gpus.max(0) as u32 })
+                .collect(),
+            max_wall_clock_secs: job.max_wall_clock_secs,
+            started_at: job.start_time.unwrap_or(node.changed_at),
+            stop: job.execution_state == ExecutionState::Terminating,
+        });
+    }
+    let mut res = SyncResponse { version: String::new(), state: node.state.as_str().into(), cluster, tasks };
+    let digest = Sha256::digest(serde_json::to_vec(&res).unwrap_or_default());
+    res.version = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+    Ok(res)
+}

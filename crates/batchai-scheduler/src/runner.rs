@@ -1,0 +1,342 @@
+//! The loop that applies placement to the store: sizes clusters from the node pool, places
+//! queued jobs, gives up on silent nodes and requeues or fails their jobs.
+//!
+//! Every decision is applied as a guarded transaction, so any number of servers may run this
+//! loop on one Postgres: a node is never placed twice, and a lost race only wastes a tick.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use batchai_core::models::ClusterSpec;
+use batchai_core::state::{AllocationState, ExecutionState, NodeState as StoreNodeState};
+use batchai_core::time::{Millis, now_millis};
+use batchai_store::{JobError, JobOutcome, NodeRow, SchedCluster, SchedJob, Store, StoreError};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::{Job, Node, NodeState, Snapshot, plan};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How often the loop runs when nothing wakes it.
+    pub tick: Duration,
+    /// A node silent this long is unusable and its job requeued or failed.
+    pub node_timeout: Duration,
+    /// How many times a job is requeued after losing a node before it fails.
+    pub max_requeues: i32,
+    /// Idle time before autoscale gives a node back.
+    pub autoscale_grace: Duration,
+    /// Queued jobs considered per cluster and tick.
+    pub queue_window: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(500),
+            node_timeout: Duration::from_secs(60),
+            max_requeues: 2,
+            autoscale_grace: Duration::from_secs(60),
+            queue_window: 1000,
+        }
+    }
+}
+
+/// Handles to wake the loop and to tell the agent protocol that desired states changed.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// Notified by whoever queues work or frees nodes.
+    pub wake: Arc<Notify>,
+    /// Notified after the loop changed what some node must run.
+    pub changed: Arc<Notify>,
+}
+
+/// Runs until `shutdown` flips.
+pub async fn run(
+    store: Arc<dyn Store>,
+    settings: Settings,
+    signals: Signals,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        match tick(store.as_ref(), &settings).await {
+            Ok(true) => signals.changed.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "scheduling pass failed; retrying"),
+        }
+        tokio::select! {
+            _ = signals.wake.notified() => {}
+            _ = tokio::time::sleep(settings.tick) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One pass over every cluster. True when some node's desired state changed.
+pub async fn tick(store: &dyn Store, settings: &Settings) -> Result<bool, StoreError> {
+    let now = now_millis();
+    let mut changed = false;
+    let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
+    for node in &lost {
+        tracing::warn!(node.id = %node.id, "node stopped responding; marked unusable");
+        if let (Some((job, epoch)), Some(cluster)) = (&node.job, &node.cluster_key) {
+            let jobs = store.cluster_jobs(cluster, 0).await?;
+            if let Some(j) = jobs.iter().find(|j| &j.key == job && j.epoch == *epoch) {
+                let why = format!("node {} stopped responding while running the job", node.id);
+                requeue_or_fail(store, j, settings.max_requeues, &why, now).await?;
+            }
+        }
+    }
+    changed |= !lost.is_empty();
+    changed |= store.release_orphans(now).await? > 0;
+    for cluster in store.scheduling_clusters().await? {
+        if cluster.deleting {
+            continue;
+        }
+        changed |= schedule_cluster(store, settings, &cluster, now).await?;
+    }
+    Ok(changed)
+}
+
+/// Requeues a job that lost its nodes, within its budget; fails it beyond.
+async fn requeue_or_fail(
+    store: &dyn Store,
+    j: &SchedJob,
+    budget: i32,
+    why: &str,
+    now: Millis,
+) -> Result<(), StoreError> {
+    if j.execution_state == ExecutionState::Running && j.requeues < budget {
+        if store.requeue_job(&j.key, j.epoch, now).await? {
+            tracing::info!(job.id = %j.key, reason = why, "job requeued");
+        }
+        return Ok(());
+    }
+    let errors = vec![JobError { code: "NodeLost".into(), message: format!("{why}; not requeued again") }];
+    let o = JobOutcome { end_time: Some(now), errors: Some(errors), now, ..Default::default() };
+    store.finish_job(&j.key, j.epoch, j.execution_state, ExecutionState::Failed, &o).await?;
+    Ok(())
+}
+
+/// The node count a cluster should have now.
+fn target(spec: &ClusterSpec, jobs: &[SchedJob]) -> i32 {
+    let scale = spec.scale_settings.as_ref();
+    if let Some(m) = scale.and_then(|s| s.manual.as_ref()) {
+        return m.target_node_count;
+    }
+    match scale.and_then(|s| s.auto_scale.as_ref()) {
+        Some(a) => {
+            let demand: i32 = jobs.iter().map(|j| j.node_count).sum();
+            demand.clamp(a.minimum_node_count, a.maximum_node_count.max(a.minimum_node_count))
+        }
+        None => 0,
+    }
+}
+
+async fn schedule_cluster(
+    store: &dyn Store,
+    settings: &Settings,
+    cluster: &SchedCluster,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let Some(spec) = cluster.spec.clone().and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok()) else {
+        return Ok(false);
+    };
+    let jobs = store.cluster_jobs(&cluster.key, settings.queue_window).await?;
+    let mut nodes = store.list_nodes(Some(&cluster.key)).await?;
+    let want = target(&spec, &jobs).max(0) as usize;
+    let mut changed = enforce_wall_clock(store, &jobs, now).await?;
+
+    let active = |nodes: &[NodeRow]| {
+        nodes.iter().filter(|n| !matches!(n.state, StoreNodeState::Unusable | StoreNodeState::Leaving)).count()
+    };
+    let have = active(&nodes);
+    if have < want {
+        if store.allocate_nodes(&cluster.key, &cluster.vm_size, (want - have) as i64, now).await? > 0 {
+            changed = true;
+            nodes = store.list_nodes(Some(&cluster.key)).await?;
+        }
+    } else if have > want {
+        changed |= shrink(store, settings, &spec, cluster, &nodes, &jobs, have - want, now).await?;
+        nodes = store.list_nodes(Some(&cluster.key)).await?;
+    }
+
+    // Allocation state and errors, written only when they change.
+    let have = active(&nodes);
+    let allocation = if have == want { AllocationState::Steady } else { AllocationState::Resizing };
+    let errors = if have < want {
+        json!([{
+            "code": "InsufficientNodes",
+            "message": format!(
+                "The cluster needs {want} nodes serving {}; {have} are allocated and no free node serves that size. \
+                 Join more nodes (batchai agent) or lower the target.",
+                cluster.vm_size
+            ),
+        }])
+    } else {
+        let failed: Vec<_> = nodes
+            .iter()
+            .filter_map(|n| {
+                n.error.as_ref().map(|e| json!({"code": "NodeSetupFailed", "message": format!("node {}: {e}", n.id)}))
+            })
+            .collect();
+        if failed.is_empty() { serde_json::Value::Null } else { json!(failed) }
+    };
+    let old_errors = cluster.errors.clone().unwrap_or(serde_json::Value::Null);
+    if allocation != cluster.allocation_state || errors != old_errors {
+        store.refresh_cluster(&cluster.key, Some(allocation), Some(&errors), now).await?;
+    } else {
+        // Converges counts a concurrent transaction may have missed (see the store).
+        store.refresh_cluster(&cluster.key, None, None, now).await?;
+    }
+
+    // Placement.
+    let snapshot = snapshot(cluster, &nodes, &jobs, now);
+    if snapshot.queue.is_empty() {
+        return Ok(changed);
+    }
+    for p in plan(&snapshot).placements {
+        if let Some(epoch) = store.place_job(&p.job, &cluster.key, &p.nodes, now).await? {
+            changed = true;
+            tracing::info!(job.id = %p.job, cluster.id = %cluster.arm_id, epoch, nodes = ?p.nodes, backfilled = p.backfilled, "job placed");
+        }
+    }
+    Ok(changed)
+}
+
+/// Fails jobs whose node agents did not end them in time (an agent enforces the limit itself;
+/// this catches an agent that cannot).
+async fn enforce_wall_clock(store: &dyn Store, jobs: &[SchedJob], now: Millis) -> Result<bool, StoreError> {
+    const SLACK_MS: i64 = 60_000;
+    let mut changed = false;
+    for j in jobs.iter().filter(|j| j.execution_state == ExecutionState::Running) {
+        let Some(start) = j.start_time else { continue };
+        if now > start.saturating_add(j.max_wall_clock_secs.saturating_mul(1000)).saturating_add(SLACK_MS) {
+            let errors = vec![JobError {
+                code: "JobMaxWallClockTimeExceeded".into(),
+                message: "The job ran longer than its maxWallClockTime and was stopped".into(),
+            }];
+            let o = JobOutcome { end_time: Some(now), errors: Some(errors), now, ..Default::default() };
+            changed |= store.finish_job(&j.key, j.epoch, ExecutionState::Running, ExecutionState::Failed, &o).await?;
+        }
+    }
+    Ok(changed)
+}
+
+/// Gives back `excess` nodes: idle or preparing ones first, then running ones as the
+/// cluster's `nodeDeallocationOption` says.
+#[allow(clippy::too_many_arguments)]
+async fn shrink(
+    store: &dyn Store,
+    settings: &Settings,
+    spec: &ClusterSpec,
+    cluster: &SchedCluster,
+    nodes: &[NodeRow],
+    jobs: &[SchedJob],
+    excess: usize,
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let manual = spec.scale_settings.as_ref().and_then(|s| s.manual.as_ref());
+    let grace = settings.autoscale_grace.as_millis() as i64;
+    // Autoscale returns only nodes idle for the grace period; a manual resize acts at once.
+    let free_now = |n: &&NodeRow| match n.state {
+        StoreNodeState::Idle => manual.is_some() || now - n.changed_at >= grace,
+        StoreNodeState::Preparing => true,
+        _ => false,
+    };
+    let mut release: Vec<String> = nodes.iter().filter(free_now).take(excess).map(|n| n.id.clone()).collect();
+    let mut changed = false;
+    let still = excess - release.len();
+    if still > 0 && manual.is_some() {
+        let option = manual.and_then(|m| m.node_deallocation_option.as_deref()).unwrap_or("requeue").to_lowercase();
+        let running: Vec<&NodeRow> = nodes.iter().filter(|n| n.state == StoreNodeState::Running).take(still).collect();
+        if option == "waitforjobcompletion" {
+            let ids: Vec<String> = running.iter().map(|n| n.id.clone()).collect();
+            changed |= store.mark_leaving(&cluster.key, &ids, now).await? > 0;
+        } else {
+            for n in running {
+                let Some(j) = jobs.iter().find(|j| Some(&j.key) == n.job_key.as_ref()) else { continue };
+                if option == "terminate" {
+                    let errors = vec![JobError {
+                        code: "NodeDeallocated".into(),
+                        message: format!("The cluster was resized and node {} was removed (terminate)", n.id),
+                    }];
+                    let o = JobOutcome { end_time: Some(now), errors: Some(errors), now, ..Default::default() };
+                    store.finish_job(&j.key, j.epoch, j.execution_state, ExecutionState::Failed, &o).await?;
+                } else {
+                    let why = format!("the cluster was resized and node {} was removed", n.id);
+                    requeue_or_fail(store, j, i32::MAX, &why, now).await?;
+                }
+                release.push(n.id.clone());
+                changed = true;
+            }
+        }
+    }
+    if !release.is_empty() {
+        changed |= store.release_nodes(&cluster.key, &release, now).await? > 0;
+    }
+    Ok(changed)
+}
+
+/// The scheduler's view of one cluster.
+pub fn snapshot(cluster: &SchedCluster, nodes: &[NodeRow], jobs: &[SchedJob], now: Millis) -> Snapshot {
+    let busy_until = |job: &Option<String>| {
+        let j = jobs.iter().find(|j| Some(&j.key) == job.as_ref())?;
+        Some(j.start_time.unwrap_or(now).saturating_add(j.max_wall_clock_secs.saturating_mul(1000)))
+    };
+    Snapshot {
+        cluster: cluster.arm_id.rsplit('/').next().unwrap_or_default().to_string(),
+        vm_size: cluster.vm_size.clone(),
+        now,
+        nodes: nodes
+            .iter()
+            .map(|n| Node {
+                id: n.id.clone(),
+                state: match n.state {
+                    StoreNodeState::Idle => NodeState::Idle,
+                    StoreNodeState::Running => NodeState::Running,
+                    StoreNodeState::Preparing | StoreNodeState::Free => NodeState::Preparing,
+                    StoreNodeState::Leaving => NodeState::Leaving,
+                    StoreNodeState::Unusable => NodeState::Unusable,
+                },
+                busy_until: busy_until(&n.job_key),
+            })
+            .collect(),
+        queue: jobs
+            .iter()
+            .filter(|j| j.execution_state == ExecutionState::Queued)
+            .map(|j| Job {
+                key: j.key.clone(),
+                priority: j.priority,
+                submitted_at: j.created_at,
+                node_count: j.node_count.max(1) as usize,
+                max_wall_clock_ms: j.max_wall_clock_secs.saturating_mul(1000),
+            })
+            .collect(),
+    }
+}
+
+/// Why a queued job waits, in words; `None` when it is not queued.
+pub async fn why(store: &dyn Store, job_key: &str) -> Result<Option<String>, StoreError> {
+    let Some(job) = store.get_resource(job_key).await?.and_then(|r| r.job) else { return Ok(None) };
+    if job.execution_state != ExecutionState::Queued {
+        return Ok(None);
+    }
+    let clusters = store.scheduling_clusters().await?;
+    let Some(cluster) = clusters.iter().find(|c| c.key == job.cluster_key) else {
+        return Ok(Some("its cluster no longer exists".into()));
+    };
+    let jobs = store.cluster_jobs(&cluster.key, i64::MAX).await?;
+    let nodes = store.list_nodes(Some(&cluster.key)).await?;
+    let plan = plan(&snapshot(cluster, &nodes, &jobs, now_millis()));
+    if plan.placements.iter().any(|p| p.job == job_key) {
+        return Ok(Some("it fits now and starts on the next scheduling pass".into()));
+    }
+    Ok(Some(
+        plan.pending
+            .into_iter()
+            .find(|p| p.job == job_key)
+            .map(|p| p.reason)
+            .unwrap_or_else(|| "beyond the scheduling window; it waits for the jobs ahead of it".into()),
+    ))
+}

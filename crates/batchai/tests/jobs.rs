@@ -1,0 +1,283 @@
+//! Jobs run end to end: a real server and real `batchai agent` processes (each with its own
+//! data dir) on SQLite and on Postgres, driven over HTTP like a client would.
+//!
+//! Waiting is done the way a client waits: polling the job or cluster until it reaches a
+//! state, with an overall limit only to turn a hang into a failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Agent, BAI, Backend, Server, ServerOptions, backends};
+use serde_json::{Value, json};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Quick heartbeats so lost nodes are noticed within seconds.
+fn env() -> Vec<(String, String)> {
+    vec![("BATCHAI_AGENT_MAX_WAIT_MS".into(), "1000".into()), ("BATCHAI_NODE_TIMEOUT_SECS".into(), "4".into())]
+}
+
+fn start(backend: Backend, env: Vec<(String, String)>) -> Server {
+    Server::start_with(ServerOptions { backend, env })
+}
+
+async fn wait_for(c: &common::Client, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let r = c.get(&format!("{path}?{BAI}")).await;
+        if r.status == 200 && pred(&r.body) {
+            return r.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; last: {}", r.text);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Resource group, workspace, experiment and an NC6 cluster of `nodes` nodes with a file share
+/// mounted at `afs`; waits until all nodes are idle. Returns the experiment path.
+async fn farm(c: &common::Client, rg: &str, nodes: i32) -> String {
+    let sub = common::SUB;
+    let r = c
+        .send(
+            reqwest::Method::PUT,
+            &format!("/subscriptions/{sub}/resourcegroups/{rg}?api-version=2021-04-01"),
+            Some(&json!({"location": "eastus"})),
+        )
+        .await;
+    assert!(r.status < 300, "{}", r.text);
+    let ws = Server::bai(rg, "workspaces/ws");
+    assert!(
+        c.send(reqwest::Method::PUT, &format!("{ws}?{BAI}"), Some(&json!({"location": "eastus"}))).await.status < 300
+    );
+    let exp = format!("{ws}/experiments/exp");
+    assert!(c.send(reqwest::Method::PUT, &format!("{exp}?{BAI}"), None).await.status < 300);
+    let cluster = json!({"properties": {
+        "vmSize": "STANDARD_NC6",
+        "scaleSettings": {"manual": {"targetNodeCount": nodes}},
+        "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"},
+        "nodeSetup": {"mountVolumes": {"azureFileShares": [{
+            "accountName": "acct", "azureFileUrl": "https://acct.file.core.windows.net/share",
+            "credentials": {"accountKey": "a2V5"}, "relativeMountPath": "afs"}]}}
+    }});
+    let r = c.send(reqwest::Method::PUT, &format!("{ws}/clusters/c1?{BAI}"), Some(&cluster)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let cl = wait_for(c, &format!("{ws}/clusters/c1"), "idle nodes", |b| {
+        b["properties"]["nodeStateCounts"]["idleNodeCount"] == json!(nodes)
+    })
+    .await;
+    assert_eq!(cl["properties"]["allocationState"], "steady");
+    assert_eq!(cl["properties"]["currentNodeCount"], json!(nodes));
+    exp
+}
+
+fn job_body(rg: &str, nodes: i32, settings: Value) -> Value {
+    let mut props = json!({
+        "cluster": {"id": format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/ws/clusters/c1", common::SUB)},
+        "nodeCount": nodes,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
+        "environmentVariables": [{"name": "PLAIN", "value": "plain-value"}],
+        "secrets": [{"name": "SECRET", "value": "s3cr3t"}],
+    });
+    for (k, v) in settings.as_object().expect("object") {
+        props[k] = v.clone();
+    }
+    json!({ "properties": props })
+}
+
+async fn submit(c: &common::Client, exp: &str, name: &str, body: &Value) -> String {
+    let path = format!("{exp}/jobs/{name}");
+    let r = c.send(reqwest::Method::PUT, &format!("{path}?{BAI}"), Some(body)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    path
+}
+
+async fn finished(c: &common::Client, job: &str) -> Value {
+    wait_for(c, job, "the job to end", |b| {
+        matches!(b["properties"]["executionState"].as_str(), Some("succeeded" | "failed"))
+    })
+    .await
+}
+
+/// Lists an output directory and downloads one file by its signed URL, without a token.
+async fn output(c: &common::Client, job: &str, dir: &str, file: &str) -> String {
+    let r = c.send(reqwest::Method::POST, &format!("{job}/listOutputFiles?{BAI}&outputdirectoryid={dir}"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entry = r.body["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .find(|f| f["name"].as_str().is_some_and(|n| n.ends_with(file)))
+        .unwrap_or_else(|| panic!("{file} not listed in {dir}: {}", r.text))
+        .clone();
+    let url = entry["downloadUrl"].as_str().expect("downloadUrl");
+    let res = reqwest::get(url).await.expect("download");
+    assert_eq!(res.status(), 200);
+    res.text().await.expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_run_on_agents_with_the_batch_ai_contract() {
+    for backend in backends() {
+        let server = start(backend, env());
+        let _agents = [Agent::start(&server, &env()), Agent::start(&server, &env())];
+        let c = server.client();
+        let exp = farm(&c, "run", 2).await;
+
+        // A custom job: env, secrets and the contract's variables; stdout and stderr come back.
+        let cmd = "echo hello $PLAIN $SECRET; echo gpus=$AZ_BATCHAI_NUM_GPUS; echo oops >&2; \
+                   test -d $AZ_BATCHAI_OUTPUT_MODEL && echo model > $AZ_BATCHAI_OUTPUT_MODEL/m.txt";
+        let body = job_body(
+            "run",
+            1,
+            json!({"customToolkitSettings": {"commandLine": cmd},
+                   "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs"}]}),
+        );
+        let job = submit(&c, &exp, "ok", &body).await;
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionState"], "succeeded", "{done}");
+        assert_eq!(done["properties"]["executionInfo"]["exitCode"], 0);
+        assert!(done["properties"]["executionInfo"]["startTime"].is_string());
+        assert!(done["properties"]["executionInfo"]["endTime"].is_string());
+        assert_eq!(output(&c, &job, "stdouterr", "stdout.txt").await, "hello plain-value s3cr3t\ngpus=0\n");
+        assert_eq!(output(&c, &job, "stdouterr", "stderr.txt").await, "oops\n");
+        assert_eq!(output(&c, &job, "MODEL", "m.txt").await, "model\n");
+        assert!(!done.to_string().contains("s3cr3t"), "secrets are write-only");
+
+        // Non-zero exit.
+        let job =
+            submit(&c, &exp, "bad", &job_body("run", 1, json!({"customToolkitSettings": {"commandLine": "exit 3"}})))
+                .await;
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionState"], "failed");
+        assert_eq!(done["properties"]["executionInfo"]["exitCode"], 3);
+        assert_eq!(done["properties"]["executionInfo"]["errors"][0]["code"], "JobFailed");
+
+        // Job preparation failing.
+        let body = job_body(
+            "run",
+            1,
+            json!({"customToolkitSettings": {"commandLine": "true"}, "jobPreparation": {"commandLine": "exit 7"}}),
+        );
+        let done = finished(&c, &submit(&c, &exp, "prep", &body).await).await;
+        assert_eq!(done["properties"]["executionInfo"]["errors"][0]["code"], "JobPreparationFailed", "{done}");
+        assert_eq!(done["properties"]["executionInfo"]["exitCode"], 7);
+
+        // Two nodes: both in the MPI host file; PyTorch ranks on both nodes with their logs.
+        let body =
+            job_body("run", 2, json!({"customToolkitSettings": {"commandLine": "cat $AZ_BATCHAI_MPI_HOST_FILE"}}));
+        let job = submit(&c, &exp, "multi", &body).await;
+        assert_eq!(finished(&c, &job).await["properties"]["executionState"], "succeeded");
+        assert_eq!(output(&c, &job, "stdouterr", "stdout.txt").await.lines().count(), 2);
+        let script = server.data_dir.join("rank.py");
+        std::fs::write(&script, "import os\nprint('rank', os.environ['AZ_BATCHAI_TASK_INDEX'])\n").expect("script");
+        let body = job_body(
+            "run",
+            2,
+            json!({"pyTorchSettings": {"pythonScriptFilePath": script, "pythonInterpreterPath": "python3", "processCount": 2}}),
+        );
+        let job = submit(&c, &exp, "torch", &body).await;
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionState"], "succeeded", "{done}");
+        assert_eq!(output(&c, &job, "stdouterr", "stdout-0.txt").await, "rank 0\n");
+        assert_eq!(output(&c, &job, "stdouterr", "stdout-1.txt").await, "rank 1\n");
+
+        // Terminate a running job; a wall-clock limit stops another.
+        let job = submit(
+            &c,
+            &exp,
+            "long",
+            &job_body("run", 1, json!({"customToolkitSettings": {"commandLine": "sleep 600"}})),
+        )
+        .await;
+        wait_for(&c, &job, "running", |b| b["properties"]["executionState"] == "running").await;
+        let r = c.send(reqwest::Method::POST, &format!("{job}/terminate?{BAI}"), None).await;
+        assert_eq!(r.status, 202);
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionInfo"]["errors"][0]["code"], "JobTerminated", "{done}");
+        assert!(done["properties"]["executionInfo"].get("exitCode").is_none_or(Value::is_null));
+        let mut body = job_body("run", 1, json!({"customToolkitSettings": {"commandLine": "sleep 600"}}));
+        body["properties"]["constraints"] = json!({"maxWallClockTime": "PT2S"});
+        let done = finished(&c, &submit(&c, &exp, "slow", &body).await).await;
+        assert_eq!(done["properties"]["executionInfo"]["errors"][0]["code"], "JobMaxWallClockTimeExceeded", "{done}");
+
+        // Deleting a running job stops it and frees its node.
+        let job = submit(
+            &c,
+            &exp,
+            "doomed",
+            &job_body("run", 2, json!({"customToolkitSettings": {"commandLine": "sleep 600"}})),
+        )
+        .await;
+        wait_for(&c, &job, "running", |b| b["properties"]["executionState"] == "running").await;
+        assert_eq!(c.send(reqwest::Method::DELETE, &format!("{job}?{BAI}"), None).await.status, 202);
+        let ws = Server::bai("run", "workspaces/ws");
+        wait_for(&c, &format!("{ws}/clusters/c1"), "nodes freed", |b| {
+            b["properties"]["nodeStateCounts"]["idleNodeCount"] == 2
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_agent_requeues_its_job_and_a_server_restart_loses_nothing() {
+    for backend in backends() {
+        let port = common::free_port();
+        let mut env = env();
+        env.push(("BATCHAI_HTTP_LISTEN".into(), format!("127.0.0.1:{port}")));
+        let mut server = start(backend, env.clone());
+        let mut agents = [Agent::start(&server, &env), Agent::start(&server, &env)];
+        let c = server.client();
+        let exp = farm(&c, "loss", 2).await;
+
+        // The job records which node ran it; kill -9 that node's agent while it runs.
+        let cmd = "echo $AZ_BATCHAI_JOB_TEMP >> $AZ_BATCHAI_MOUNT_ROOT/afs/attempts; \
+                   n=$(wc -l < $AZ_BATCHAI_MOUNT_ROOT/afs/attempts); if [ $n -eq 1 ]; then sleep 30; fi; echo done";
+        let job =
+            submit(&c, &exp, "survivor", &job_body("loss", 1, json!({"customToolkitSettings": {"commandLine": cmd}})))
+                .await;
+        let share = server.data_dir.join("storage/acct/share/attempts");
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let first = loop {
+            if let Ok(t) = std::fs::read_to_string(&share)
+                && !t.is_empty()
+            {
+                break t;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the job never started");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let victim =
+            agents.iter().position(|a| first.starts_with(a.data_dir.to_str().expect("utf8"))).expect("ran on an agent");
+        agents[victim].kill();
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionState"], "succeeded", "requeued and completed elsewhere: {done}");
+        let attempts = std::fs::read_to_string(&share).expect("attempts");
+        assert_eq!(attempts.lines().count(), 2, "{attempts}");
+        let ws = Server::bai("loss", "workspaces/ws");
+        let cl = wait_for(&c, &format!("{ws}/clusters/c1"), "the lost node counted", |b| {
+            b["properties"]["nodeStateCounts"]["unusableNodeCount"] == 1
+        })
+        .await;
+        assert_eq!(cl["properties"]["nodeStateCounts"]["idleNodeCount"], 1);
+
+        // kill -9 the server while a job runs; it comes back on the same address and the job
+        // completes.
+        let job = submit(
+            &c,
+            &exp,
+            "across-restart",
+            &job_body("loss", 1, json!({"customToolkitSettings": {"commandLine": "sleep 3; echo after"}})),
+        )
+        .await;
+        wait_for(&c, &job, "running", |b| b["properties"]["executionState"] == "running").await;
+        let (data_dir, db) = (server.data_dir.clone(), server.database_url.clone());
+        server.kill();
+        let server2 = Server::spawn(&data_dir, db, &env);
+        let c2 = server2.client();
+        let done = finished(&c2, &job).await;
+        assert_eq!(done["properties"]["executionState"], "succeeded", "{done}");
+        assert_eq!(output(&c2, &job, "stdouterr", "stdout.txt").await, "after\n");
+        drop(server);
+    }
+}
