@@ -103,10 +103,10 @@ fn unauthorized(msg: &str) -> Error {
 }
 
 /// The facts as stored, with warnings where the node is smaller than a size it claims.
-fn facts_row(f: &NodeFacts) -> (NodeFactsRow, Vec<String>) {
+fn facts_row(sizes: &vm_sizes::Catalogue, f: &NodeFacts) -> (NodeFactsRow, Vec<String>) {
     let mut warnings = Vec::new();
     for size in f.vm_sizes.iter().filter(|s| s.as_str() != "*") {
-        let Some(v) = vm_sizes::find(size) else { continue };
+        let Some(v) = sizes.find(size) else { continue };
         let gpus = f.gpus.len() as u32;
         if f.cores < v.cores || f.memory_mb < v.memory_mib * 9 / 10 || gpus < v.gpus {
             warnings.push(format!(
@@ -140,7 +140,7 @@ async fn join(
         .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now));
     let Some(jt) = valid else { return Err(unauthorized("The join token is unknown, revoked or expired.")) };
     let req: JoinRequest = batchai_core::validate::parse_json(&body, "")?;
-    let (facts, warnings) = facts_row(&req.facts);
+    let (facts, warnings) = facts_row(&state.settings.vm_sizes, &req.facts);
     let credential = format!("{NODE_CREDENTIAL_PREFIX}{}", new_secret());
     let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let node = NewNode { id: id.clone(), credential_hash: hash_secret(&credential), facts, now };
@@ -198,7 +198,7 @@ async fn sync(
 async fn apply_sync(state: AppState, node: NodeRow, req: SyncRequest) -> Result<(NodeRow, SyncRequest), Error> {
     let now = now_millis();
     if let Some(f) = &req.facts {
-        let (row, _) = facts_row(f);
+        let (row, _) = facts_row(&state.settings.vm_sizes, f);
         state.store.update_node_facts(&node.id, &row, now).await?;
     }
     let Some(mut node) = state.store.heartbeat(&node.id, now).await? else {

@@ -52,6 +52,8 @@ pub struct ApiSettings {
     pub storage_root: PathBuf,
     /// The longest an agent's sync is held when nothing changes.
     pub agent_max_wait: Duration,
+    /// Azure's VM sizes and the operator's own.
+    pub vm_sizes: batchai_core::vm_sizes::Catalogue,
 }
 
 impl Default for ApiSettings {
@@ -65,6 +67,7 @@ impl Default for ApiSettings {
             quota_vcpus: 10_000,
             storage_root: PathBuf::from("batchai-data/storage"),
             agent_max_wait: Duration::from_secs(20),
+            vm_sizes: Default::default(),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! The catalogue of Azure VM sizes Batch AI clusters asked for: cores, memory and GPUs per
-//! node, and the quota family usages report them under. Names compare ignoring case.
+//! node, and the quota family usages report them under, plus the sizes an operator adds in
+//! config ([`Catalogue`]). Names compare ignoring case.
+
+use serde::{Deserialize, Serialize};
 
 /// One VM size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,66 @@ pub fn find(name: &str) -> Option<&'static VmSize> {
     CATALOGUE.iter().find(|s| s.name.eq_ignore_ascii_case(name))
 }
 
+/// A size an operator defines for their own machines (`[[custom_vm_sizes]]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomSize {
+    pub name: String,
+    /// The usages family it counts under (a new one is listed after Azure's).
+    pub family: String,
+    pub cores: u32,
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+/// A size's figures, from Azure's catalogue or the operator's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size<'a> {
+    pub name: &'a str,
+    pub family: &'a str,
+    pub cores: u32,
+    pub memory_mib: u64,
+    pub gpus: u32,
+}
+
+/// Azure's sizes and the operator's; an operator's size of the same name wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    pub custom: Vec<CustomSize>,
+}
+
+impl Catalogue {
+    pub fn find(&self, name: &str) -> Option<Size<'_>> {
+        if let Some(c) = self.custom.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
+            return Some(Size {
+                name: &c.name,
+                family: &c.family,
+                cores: c.cores,
+                memory_mib: c.memory_mib,
+                gpus: c.gpus,
+            });
+        }
+        find(name).map(|v| Size {
+            name: v.name,
+            family: v.family,
+            cores: v.cores,
+            memory_mib: v.memory_mib,
+            gpus: v.gpus,
+        })
+    }
+
+    /// Usage families: Azure's in their order, then the operator's new ones.
+    pub fn families(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = FAMILIES.to_vec();
+        for c in &self.custom {
+            if !out.contains(&c.family.as_str()) {
+                out.push(&c.family);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +137,26 @@ mod tests {
         assert_eq!((nc6.cores, nc6.gpus, nc6.family), (6, 1, "NC"));
         assert!(find("STANDARD_NOPE").is_none());
         assert!(CATALOGUE.iter().all(|s| FAMILIES.contains(&s.family)));
+    }
+
+    #[test]
+    fn operator_sizes_extend_and_override_the_catalogue() {
+        let c = Catalogue {
+            custom: vec![
+                CustomSize {
+                    name: "ONPREM_8A100".into(),
+                    family: "A100".into(),
+                    cores: 128,
+                    memory_mib: 1 << 20,
+                    gpus: 8,
+                },
+                CustomSize { name: "STANDARD_NC6".into(), family: "NC".into(), cores: 8, memory_mib: 65536, gpus: 1 },
+            ],
+        };
+        assert_eq!(c.find("onprem_8a100").map(|s| (s.gpus, s.family)), Some((8, "A100")));
+        assert_eq!(c.find("Standard_NC6").map(|s| s.cores), Some(8));
+        assert_eq!(c.find("STANDARD_D1").map(|s| s.cores), Some(1));
+        assert_eq!(c.families().last(), Some(&"A100"));
+        assert_eq!(c.families().iter().filter(|f| **f == "NC").count(), 1);
     }
 }

@@ -62,6 +62,9 @@ pub struct Config {
     pub vm_sizes: Vec<String>,
     /// `batchai agent`: SIGTERM-to-SIGKILL grace when stopping a job.
     pub stop_grace_secs: u64,
+    /// VM sizes of the operator's own machines, beside Azure's catalogue (TOML
+    /// `[[custom_vm_sizes]]` tables: name, family, cores, memory_mib, gpus).
+    pub custom_vm_sizes: Vec<batchai_core::vm_sizes::CustomSize>,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             ssh_port: 22,
             vm_sizes: Vec::new(),
             stop_grace_secs: 10,
+            custom_vm_sizes: Vec::new(),
         }
     }
 }
@@ -229,6 +233,7 @@ impl Config {
             quota_vcpus: self.quota_vcpus,
             storage_root: self.storage_root(),
             agent_max_wait: Duration::from_millis(self.agent_max_wait_ms),
+            vm_sizes: batchai_core::vm_sizes::Catalogue { custom: self.custom_vm_sizes.clone() },
         }
     }
 
@@ -308,6 +313,35 @@ mod tests {
             jail.set_env("BATCHAI_STORAGE_ROOT", "/mnt/shared");
             let cfg = Config::load(&flags(Some("batchai.toml"), None), None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.api_settings().storage_root, PathBuf::from("/mnt/shared"), "env beats file");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn agent_settings_layer_and_custom_sizes_come_from_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                "server_url = \"https://file:8443\"\nvm_sizes = [\"STANDARD_NC6\"]\nstop_grace_secs = 3\n\
+                 [[custom_vm_sizes]]\nname = \"ONPREM_8A100\"\nfamily = \"A100\"\ncores = 128\n\
+                 memory_mib = 1048576\ngpus = 8\n",
+            )?;
+            jail.set_env("BATCHAI_JOIN_TOKEN", "bai_join_env");
+            let agent = AgentOverrides { server_url: Some("https://flag:8443".into()), ..Default::default() };
+            let cfg =
+                Config::load_with(&flags(Some("agent.toml"), None), None, Some(&agent)).map_err(|e| e.to_string())?;
+            let a = cfg.agent_config(PathBuf::from("node")).map_err(|e| e.to_string())?;
+            assert_eq!(a.server_url, "https://flag:8443", "flags beat the file");
+            assert_eq!(a.join_token.as_deref(), Some("bai_join_env"));
+            assert_eq!(a.facts.vm_sizes, vec!["STANDARD_NC6".to_string()]);
+            assert_eq!(a.stop_grace, Duration::from_secs(3));
+            let sizes = cfg.api_settings().vm_sizes;
+            assert_eq!(sizes.find("onprem_8a100").map(|s| s.gpus), Some(8));
+            let bare = Config::load(&flags(None, None), None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                bare.agent_config(PathBuf::from("n")).map(|_| ()).map_err(|e| e.to_string()),
+                Err("the agent needs --server (or BATCHAI_SERVER_URL)".to_string())
+            );
             Ok(())
         });
     }

@@ -7,7 +7,7 @@ use batchai_core::ids::{Kind, ResourceRef};
 use batchai_core::models::{ClusterSpec, ClusterUpdate, JobSpec, scale_defaults};
 use batchai_core::names::{NameKind, ResourceName};
 use batchai_core::state::{AllocationState, ProvisioningState};
-use batchai_core::{ApiError, ErrorCode, validate, vm_sizes};
+use batchai_core::{ApiError, ErrorCode, validate};
 use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, Scope, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -72,8 +72,10 @@ pub(super) async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response, Error>
                 JobAction::Terminate => terminate(ctx, &r).await,
                 JobAction::ListOutputFiles => list_output_files(ctx, &r).await,
                 JobAction::ListRemoteLoginInformation => {
-                    load(ctx, &r).await?;
-                    Ok(ok(paging::list_body(ctx, Vec::new(), 1000, None)))
+                    let row = load(ctx, &r).await?;
+                    let Some(job) = row.job else { return Err(ApiError::internal().into()) };
+                    let nodes = ctx.state.store.list_nodes(Some(&job.cluster_key)).await?;
+                    remote_logins(ctx, nodes.into_iter().filter(|n| n.job_key.as_deref() == Some(row.key.as_str())))
                 }
             }
         }
@@ -90,8 +92,8 @@ pub(super) async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response, Error>
         }
         (M::POST, R::ClusterRemoteLogin { sub, rg, ws, cluster }) => {
             let r = workspace(&sub, &rg, &ws)?.child(Kind::Cluster, name(&cluster, Kind::Cluster)?);
-            load(ctx, &r).await?;
-            Ok(ok(paging::list_body(ctx, Vec::new(), 1000, None)))
+            let row = load(ctx, &r).await?;
+            remote_logins(ctx, ctx.state.store.list_nodes(Some(&row.key)).await?.into_iter())
         }
         (M::GET, R::FileServers { sub, rg, ws }) => {
             load(ctx, &workspace(&sub, &rg, &ws)?).await?;
@@ -433,6 +435,17 @@ async fn list_output_files(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error
     Ok(ok(paging::list_body(ctx, items, page.size, last)))
 }
 
+/// `RemoteLoginInformation` of nodes (in id order), a page at a time.
+fn remote_logins(ctx: &Ctx, nodes: impl Iterator<Item = batchai_store::NodeRow>) -> Result<Response, Error> {
+    let page = paging::page(ctx)?;
+    let mut rest: Vec<_> = nodes.filter(|n| page.after.as_ref().is_none_or(|a| &n.id > a)).collect();
+    let more = rest.len() as i64 > page.size;
+    rest.truncate(page.size as usize);
+    let last = more.then(|| rest.last().map(|n| n.id.clone())).flatten();
+    let items = rest.iter().map(|n| json!({"nodeId": n.id, "ipAddress": n.address, "port": n.ssh_port})).collect();
+    Ok(ok(paging::list_body(ctx, items, page.size, last.as_deref())))
+}
+
 fn operations() -> Value {
     serde_json::from_str(include_str!("operations.json")).unwrap_or_else(|_| json!([]))
 }
@@ -452,7 +465,7 @@ async fn usages(ctx: &Ctx, sub: &str, location: &str) -> Result<Response, Error>
             let Some(spec) = row.spec.clone().and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok()) else {
                 continue;
             };
-            let Some(size) = vm_sizes::find(&spec.vm_size) else { continue };
+            let Some(size) = ctx.state.settings.vm_sizes.find(&spec.vm_size) else { continue };
             let nodes = i64::from(initial_target(&spec).max(row.cluster.as_ref().map_or(0, |c| c.current_node_count)));
             let bucket = if spec.vm_priority.as_deref() == Some("lowpriority") { &mut low } else { &mut dedicated };
             *bucket.entry(size.family).or_default() += nodes * i64::from(size.cores);
@@ -467,7 +480,7 @@ async fn usages(ctx: &Ctx, sub: &str, location: &str) -> Result<Response, Error>
     let mut value = vec![usage("Clusters".into(), clusters, limits.quota_clusters)];
     for (kind, bucket) in [("Dedicated", &dedicated), ("LowPriority", &low)] {
         value.push(usage(format!("Total Cluster {kind} Regional vCPUs"), bucket.values().sum(), limits.quota_vcpus));
-        for family in vm_sizes::FAMILIES {
+        for family in ctx.state.settings.vm_sizes.families() {
             let current = bucket.get(family).copied().unwrap_or(0);
             value.push(usage(format!("Standard {family} Family Cluster {kind} vCPUs"), current, limits.quota_vcpus));
         }
