@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use batchai_core::ApiError;
 use batchai_core::models::{ClusterSpec, JobSpec};
@@ -126,11 +127,7 @@ fn facts_row(sizes: &vm_sizes::Catalogue, f: &NodeFacts) -> (NodeFactsRow, Vec<S
     (row, warnings)
 }
 
-async fn join(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<JoinResponse>, Error> {
+async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<JoinResponse>, Error> {
     let token = bearer(&headers).ok_or_else(|| unauthorized("A join token is required (Authorization: Bearer …)."))?;
     let now = now_millis();
     let valid = state
@@ -139,6 +136,7 @@ async fn join(
         .await?
         .filter(|t| t.revoked_at.is_none() && t.expires_at.is_none_or(|e| e > now));
     let Some(jt) = valid else { return Err(unauthorized("The join token is unknown, revoked or expired.")) };
+    let body = crate::arm::read_body(&state, &Method::POST, &headers, body).await?;
     let req: JoinRequest = batchai_core::validate::parse_json(&body, "")?;
     let (facts, warnings) = facts_row(&state.settings.vm_sizes, &req.facts);
     let credential = format!("{NODE_CREDENTIAL_PREFIX}{}", new_secret());
@@ -158,15 +156,12 @@ async fn join(
     }))
 }
 
-async fn sync(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<SyncResponse>, Error> {
+async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<SyncResponse>, Error> {
     let credential = bearer(&headers).ok_or_else(|| unauthorized("A node credential is required."))?;
     let Some(node) = state.store.node_by_credential(&hash_secret(credential)).await? else {
         return Err(unauthorized("The node credential is unknown (was the node removed?)."));
     };
+    let body = crate::arm::read_body(&state, &Method::POST, &headers, body).await?;
     let req: SyncRequest = batchai_core::validate::parse_json(&body, "")?;
     // Reports are applied to completion even if the agent drops the request (it does, to
     // report something new at once): a write cancelled inside a transaction could hand its
