@@ -19,6 +19,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use batchai_core::ApiError;
+use batchai_core::contract::toolkit;
 use batchai_core::models::{ClusterSpec, JobSpec};
 use batchai_core::protocol::*;
 use batchai_core::state::ExecutionState;
@@ -230,9 +231,15 @@ async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Resul
     if !state.store.report_task(&node.id, &t.job, t.epoch, phase, t.exit_code, error).await? || phase != "exited" {
         return Ok(false);
     }
-    let Some(job) = state.store.get_resource(&t.job).await?.and_then(|r| r.job) else { return Ok(false) };
+    let Some(row) = state.store.get_resource(&t.job).await? else { return Ok(false) };
+    let Some(job) = row.job else { return Ok(false) };
     let placement = state.store.job_placement(&t.job, t.epoch).await?;
-    let Some(end) = ending(job.execution_state, &placement) else { return Ok(false) };
+    // Nodes hosting only TensorFlow parameter servers never end by themselves.
+    let serving_only = row
+        .spec
+        .and_then(|s| serde_json::from_value::<JobSpec>(s).ok())
+        .map_or(0..0, |spec| toolkit::serving_only_ranks(&spec, placement.len()));
+    let Some(end) = ending(job.execution_state, &placement, &serving_only) else { return Ok(false) };
     let now = now_millis();
     let o = JobOutcome { end_time: Some(now), exit_code: end.exit_code, errors: end.errors, now, ..Default::default() };
     if state.store.finish_job(&t.job, t.epoch, job.execution_state, end.state, &o).await? {

@@ -207,6 +207,15 @@ impl ResourceRef {
             return Err(bad());
         }
         let ws = rg.child(Kind::Workspace, name(8, Kind::Workspace)?);
+        // A job sits one level further down, under its experiment (`batchai job why` takes
+        // its id; without this arm every job id was refused).
+        if kind == Kind::Job {
+            if segs.len() != 13 || !fixed(9, "experiments") || !fixed(11, "jobs") {
+                return Err(bad());
+            }
+            let exp = ws.child(Kind::Experiment, name(10, Kind::Experiment)?);
+            return Ok(exp.child(Kind::Job, name(12, Kind::Job)?));
+        }
         let (seg, len) = match kind {
             Kind::Cluster => ("clusters", 11),
             Kind::FileServer => ("fileServers", 11),
@@ -248,6 +257,23 @@ mod tests {
         let id = "/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.batchai/Workspaces/w/CLUSTERS/c";
         let r = ResourceRef::parse_id(id, Kind::Cluster).unwrap();
         assert_eq!(r.key(), "/subscriptions/s/resourcegroups/rg/providers/microsoft.batchai/workspaces/w/clusters/c");
+    }
+
+    #[test]
+    fn parses_job_ids() {
+        let id = "/subscriptions/s/resourceGroups/RG/providers/Microsoft.BatchAI/workspaces/w/experiments/e/Jobs/j";
+        let r = ResourceRef::parse_id(id, Kind::Job).unwrap();
+        assert_eq!(
+            r.key(),
+            "/subscriptions/s/resourcegroups/rg/providers/microsoft.batchai/workspaces/w/experiments/e/jobs/j"
+        );
+        for bad in [
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/clusters/e/jobs/j",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/j/x",
+        ] {
+            assert!(ResourceRef::parse_id(bad, Kind::Job).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! How a job ends, decided from what its nodes reported.
 
+use std::ops::Range;
+
 use batchai_core::state::ExecutionState;
 use batchai_store::{JobError, PlacedNode};
 
@@ -21,8 +23,14 @@ pub const JOB_FAILED: &str = "Job failed with non-zero exit code";
 /// told to stop; the job succeeds when every part ended with 0. The exit code is that of the
 /// failing part, else the master's. A terminated job ends failed, with no exit code, once every
 /// node has stopped.
-pub fn ending(state: ExecutionState, placement: &[PlacedNode]) -> Option<Ending> {
+///
+/// `serving_only` are the ranks whose nodes host nothing but TensorFlow parameter servers
+/// (`batchai_core::contract::toolkit::serving_only_ranks`): their parts never end by
+/// themselves, so success does not wait for them (it did, and such a job ran forever); they
+/// are told to stop with the others. They still fail the job if they fail.
+pub fn ending(state: ExecutionState, placement: &[PlacedNode], serving_only: &Range<usize>) -> Option<Ending> {
     let exited = |p: &&PlacedNode| p.phase == "exited";
+    let needed = |p: &&PlacedNode| usize::try_from(p.rank).map_or(true, |r| !serving_only.contains(&r));
     match state {
         ExecutionState::Running => {
             if let Some(bad) =
@@ -38,7 +46,8 @@ pub fn ending(state: ExecutionState, placement: &[PlacedNode]) -> Option<Ending>
                     errors: Some(vec![error]),
                 });
             }
-            (!placement.is_empty() && placement.iter().all(|p| exited(&p))).then(|| Ending {
+            let mut needed = placement.iter().filter(needed).peekable();
+            (needed.peek().is_some() && needed.all(|p| exited(&p))).then(|| Ending {
                 state: ExecutionState::Succeeded,
                 exit_code: placement.first().and_then(|p| p.exit_code),
                 errors: None,
@@ -70,32 +79,47 @@ mod tests {
         }
     }
 
+    const NONE: &Range<usize> = &(0..0);
+
     #[test]
     fn succeeds_only_when_every_part_exited_zero() {
         let run = ExecutionState::Running;
-        assert_eq!(ending(run, &[part(0, "exited", Some(0), None), part(1, "running", None, None)]), None);
-        let done = ending(run, &[part(0, "exited", Some(0), None), part(1, "exited", Some(0), None)]).unwrap();
+        assert_eq!(ending(run, &[part(0, "exited", Some(0), None), part(1, "running", None, None)], NONE), None);
+        let done = ending(run, &[part(0, "exited", Some(0), None), part(1, "exited", Some(0), None)], NONE).unwrap();
         assert_eq!((done.state, done.exit_code), (ExecutionState::Succeeded, Some(0)));
-        assert_eq!(ending(run, &[]), None);
+        assert_eq!(ending(run, &[], NONE), None);
     }
 
     #[test]
     fn the_first_failing_part_fails_the_job_at_once() {
         let run = ExecutionState::Running;
-        let e = ending(run, &[part(0, "running", None, None), part(1, "exited", Some(2), None)]).unwrap();
+        let e = ending(run, &[part(0, "running", None, None), part(1, "exited", Some(2), None)], NONE).unwrap();
         assert_eq!((e.state, e.exit_code), (ExecutionState::Failed, Some(2)));
         assert_eq!(e.errors.unwrap()[0], JobError { code: "JobFailed".into(), message: JOB_FAILED.into() });
-        let prep = ending(run, &[part(0, "exited", Some(1), Some("JobPreparationFailed"))]).unwrap();
+        let prep = ending(run, &[part(0, "exited", Some(1), Some("JobPreparationFailed"))], NONE).unwrap();
         assert_eq!(prep.errors.unwrap()[0].code, "JobPreparationFailed");
-        let killed = ending(run, &[part(0, "exited", None, Some("JobMaxWallClockTimeExceeded"))]).unwrap();
+        let killed = ending(run, &[part(0, "exited", None, Some("JobMaxWallClockTimeExceeded"))], NONE).unwrap();
         assert_eq!((killed.state, killed.exit_code), (ExecutionState::Failed, None));
+    }
+
+    #[test]
+    fn nodes_serving_only_parameter_servers_are_not_waited_for() {
+        let run = ExecutionState::Running;
+        let serving = &(1..2);
+        let parts = [part(0, "exited", Some(0), None), part(1, "running", None, None)];
+        let done = ending(run, &parts, serving).unwrap();
+        assert_eq!((done.state, done.exit_code), (ExecutionState::Succeeded, Some(0)));
+        assert_eq!(ending(run, &[part(0, "running", None, None), part(1, "running", None, None)], serving), None);
+        let crashed =
+            ending(run, &[part(0, "running", None, None), part(1, "exited", Some(1), None)], serving).unwrap();
+        assert_eq!((crashed.state, crashed.exit_code), (ExecutionState::Failed, Some(1)));
     }
 
     #[test]
     fn a_terminated_job_ends_when_every_node_stopped() {
         let t = ExecutionState::Terminating;
-        assert_eq!(ending(t, &[part(0, "exited", None, None), part(1, "running", None, None)]), None);
-        let e = ending(t, &[part(0, "exited", None, None), part(1, "exited", Some(0), None)]).unwrap();
+        assert_eq!(ending(t, &[part(0, "exited", None, None), part(1, "running", None, None)], NONE), None);
+        let e = ending(t, &[part(0, "exited", None, None), part(1, "exited", Some(0), None)], NONE).unwrap();
         assert_eq!((e.state, e.exit_code, e.errors), (ExecutionState::Failed, None, None));
     }
 }

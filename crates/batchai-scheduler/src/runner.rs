@@ -156,32 +156,48 @@ async fn schedule_cluster(
             changed = true;
             nodes = store.list_nodes(Some(&cluster.key)).await?;
         }
-    } else if have > want {
-        changed |= shrink(store, settings, &spec, cluster, &nodes, &jobs, have - want, now).await?;
-        nodes = store.list_nodes(Some(&cluster.key)).await?;
+    } else {
+        if have > want {
+            changed |= shrink(store, settings, &spec, cluster, &nodes, &jobs, have - want, now).await?;
+            nodes = store.list_nodes(Some(&cluster.key)).await?;
+        }
+        // Unusable nodes (setup failed, or lost) do not count as allocated, so nothing above
+        // ever gave them back: a cluster resized below them kept them, and its node count,
+        // forever. Once the cluster is not short, those beyond the target go back to the
+        // pool (a lost one stays unusable there until it reports again). Not while it is
+        // short, or a node whose setup fails would be released and taken again each pass.
+        let unusable: Vec<String> =
+            nodes.iter().filter(|n| n.state == StoreNodeState::Unusable).map(|n| n.id.clone()).collect();
+        let over = (active(&nodes) + unusable.len()).saturating_sub(want).min(unusable.len());
+        if over > 0 && store.release_nodes(&cluster.key, &unusable[..over], now).await? > 0 {
+            changed = true;
+            nodes = store.list_nodes(Some(&cluster.key)).await?;
+        }
     }
 
     // Allocation state and errors, written only when they change.
     let have = active(&nodes);
     let allocation = if have == want { AllocationState::Steady } else { AllocationState::Resizing };
-    let errors = if have < want {
-        json!([{
+    // A node whose setup failed is unusable and no longer counts as allocated, so the cluster
+    // is then also short; its error must still be reported, or the cluster would only say
+    // that nodes are missing and never which ones failed and why.
+    let mut errors: Vec<serde_json::Value> = nodes
+        .iter()
+        .filter_map(|n| {
+            n.error.as_ref().map(|e| json!({"code": "NodeSetupFailed", "message": format!("node {}: {e}", n.id)}))
+        })
+        .collect();
+    if have < want {
+        errors.push(json!({
             "code": "InsufficientNodes",
             "message": format!(
-                "The cluster needs {want} nodes serving {}; {have} are allocated and no free node serves that size. \
+                "The cluster needs {want} nodes serving {}; {have} are allocated and usable, and no free node serves that size. \
                  Join more nodes (batchai agent) or lower the target.",
                 cluster.vm_size
             ),
-        }])
-    } else {
-        let failed: Vec<_> = nodes
-            .iter()
-            .filter_map(|n| {
-                n.error.as_ref().map(|e| json!({"code": "NodeSetupFailed", "message": format!("node {}: {e}", n.id)}))
-            })
-            .collect();
-        if failed.is_empty() { serde_json::Value::Null } else { json!(failed) }
-    };
+        }));
+    }
+    let errors = if errors.is_empty() { serde_json::Value::Null } else { json!(errors) };
     let old_errors = cluster.errors.clone().unwrap_or(serde_json::Value::Null);
     if allocation != cluster.allocation_state || errors != old_errors {
         store.refresh_cluster(&cluster.key, Some(allocation), Some(&errors), now).await?;

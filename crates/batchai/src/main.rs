@@ -74,12 +74,15 @@ fn main() -> anyhow::Result<()> {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 let runtime: std::sync::Arc<dyn batchai_agent::runtime::Runtime> =
                     std::sync::Arc::new(batchai_agent::runtime::ProcessRuntime::new());
-                let agent = tokio::spawn(batchai_agent::agent::run(agent_cfg, runtime, stop_rx));
+                let mut agent = tokio::spawn(batchai_agent::agent::run(agent_cfg, runtime, stop_rx));
                 tokio::select! {
-                    res = agent => res?.map_err(anyhow::Error::from),
+                    res = &mut agent => res?.map_err(anyhow::Error::from),
                     _ = server::shutdown_signal() => {
                         let _ = stop_tx.send(true);
-                        Ok(())
+                        // The agent stops its jobs' processes on its way out. Returning at once
+                        // dropped the runtime, which cancelled that, and the processes (in
+                        // process groups of their own) kept running without an agent.
+                        agent.await?.map_err(anyhow::Error::from)
                     }
                 }
             })

@@ -6,115 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{Agent, BAI, Backend, Server, ServerOptions, backends};
+use common::farm::{env, eventually, farm, finished, job_body, output, start, submit, wait_for};
+use common::{Agent, BAI, Server, backends};
 use serde_json::{Value, json};
-
-const LIMIT: Duration = Duration::from_secs(90);
-
-/// Quick heartbeats so lost nodes are noticed within seconds.
-fn env() -> Vec<(String, String)> {
-    vec![("BATCHAI_AGENT_MAX_WAIT_MS".into(), "1000".into()), ("BATCHAI_NODE_TIMEOUT_SECS".into(), "4".into())]
-}
-
-fn start(backend: Backend, env: Vec<(String, String)>) -> Server {
-    Server::start_with(ServerOptions { backend, env })
-}
-
-async fn wait_for(c: &common::Client, path: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let r = c.get(&format!("{path}?{BAI}")).await;
-        if r.status == 200 && pred(&r.body) {
-            return r.body;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; last: {}", r.text);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Resource group, workspace, experiment and an NC6 cluster of `nodes` nodes with a file share
-/// mounted at `afs`; waits until all nodes are idle. Returns the experiment path.
-async fn farm(c: &common::Client, rg: &str, nodes: i32) -> String {
-    let sub = common::SUB;
-    let r = c
-        .send(
-            reqwest::Method::PUT,
-            &format!("/subscriptions/{sub}/resourcegroups/{rg}?api-version=2021-04-01"),
-            Some(&json!({"location": "eastus"})),
-        )
-        .await;
-    assert!(r.status < 300, "{}", r.text);
-    let ws = Server::bai(rg, "workspaces/ws");
-    assert!(
-        c.send(reqwest::Method::PUT, &format!("{ws}?{BAI}"), Some(&json!({"location": "eastus"}))).await.status < 300
-    );
-    let exp = format!("{ws}/experiments/exp");
-    assert!(c.send(reqwest::Method::PUT, &format!("{exp}?{BAI}"), None).await.status < 300);
-    let cluster = json!({"properties": {
-        "vmSize": "STANDARD_NC6",
-        "scaleSettings": {"manual": {"targetNodeCount": nodes}},
-        "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"},
-        "nodeSetup": {"mountVolumes": {"azureFileShares": [{
-            "accountName": "acct", "azureFileUrl": "https://acct.file.core.windows.net/share",
-            "credentials": {"accountKey": "a2V5"}, "relativeMountPath": "afs"}]}}
-    }});
-    let r = c.send(reqwest::Method::PUT, &format!("{ws}/clusters/c1?{BAI}"), Some(&cluster)).await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    let cl = wait_for(c, &format!("{ws}/clusters/c1"), "idle nodes", |b| {
-        b["properties"]["nodeStateCounts"]["idleNodeCount"] == json!(nodes)
-    })
-    .await;
-    assert_eq!(cl["properties"]["allocationState"], "steady");
-    assert_eq!(cl["properties"]["currentNodeCount"], json!(nodes));
-    exp
-}
-
-fn job_body(rg: &str, nodes: i32, settings: Value) -> Value {
-    let mut props = json!({
-        "cluster": {"id": format!("/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.BatchAI/workspaces/ws/clusters/c1", common::SUB)},
-        "nodeCount": nodes,
-        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
-        "environmentVariables": [{"name": "PLAIN", "value": "plain-value"}],
-        "secrets": [{"name": "SECRET", "value": "s3cr3t"}],
-    });
-    for (k, v) in settings.as_object().expect("object") {
-        props[k] = v.clone();
-    }
-    json!({ "properties": props })
-}
-
-async fn submit(c: &common::Client, exp: &str, name: &str, body: &Value) -> String {
-    let path = format!("{exp}/jobs/{name}");
-    let r = c.send(reqwest::Method::PUT, &format!("{path}?{BAI}"), Some(body)).await;
-    assert_eq!(r.status, 202, "{}", r.text);
-    path
-}
-
-async fn finished(c: &common::Client, job: &str) -> Value {
-    wait_for(c, job, "the job to end", |b| {
-        matches!(b["properties"]["executionState"].as_str(), Some("succeeded" | "failed"))
-    })
-    .await
-}
-
-/// Lists an output directory and downloads one file by its signed URL, without a token.
-async fn output(c: &common::Client, job: &str, dir: &str, file: &str) -> String {
-    let r = c.send(reqwest::Method::POST, &format!("{job}/listOutputFiles?{BAI}&outputdirectoryid={dir}"), None).await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let entry = r.body["value"]
-        .as_array()
-        .expect("value")
-        .iter()
-        .find(|f| f["name"].as_str().is_some_and(|n| n.ends_with(file)))
-        .unwrap_or_else(|| panic!("{file} not listed in {dir}: {}", r.text))
-        .clone();
-    let url = entry["downloadUrl"].as_str().expect("downloadUrl");
-    let res = reqwest::get(url).await.expect("download");
-    assert_eq!(res.status(), 200);
-    res.text().await.expect("text")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_run_on_agents_with_the_batch_ai_contract() {
@@ -237,16 +131,8 @@ async fn a_lost_agent_requeues_its_job_and_a_server_restart_loses_nothing() {
             submit(&c, &exp, "survivor", &job_body("loss", 1, json!({"customToolkitSettings": {"commandLine": cmd}})))
                 .await;
         let share = server.data_dir.join("storage/acct/share/attempts");
-        let deadline = tokio::time::Instant::now() + LIMIT;
-        let first = loop {
-            if let Ok(t) = std::fs::read_to_string(&share)
-                && !t.is_empty()
-            {
-                break t;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the job never started");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let first =
+            eventually("the job to start", || std::fs::read_to_string(&share).ok().filter(|t| !t.is_empty())).await;
         let victim =
             agents.iter().position(|a| first.starts_with(a.data_dir.to_str().expect("utf8"))).expect("ran on an agent");
         agents[victim].kill();

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::contract::env::{JobContext, JobPaths, expansion_vars, job_env};
 use crate::contract::paths::expand;
-use crate::models::{CaffeSettings, CntkSettings, PyTorchSettings, PythonScriptSettings, TensorFlowSettings};
+use crate::models::{CaffeSettings, CntkSettings, JobSpec, PyTorchSettings, PythonScriptSettings, TensorFlowSettings};
 
 /// One process of a job on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +304,22 @@ fn tensorflow(l: &Launch, s: &TensorFlowSettings) -> Vec<Process> {
     out
 }
 
+/// The ranks, of a job placed on `node_count` nodes, that host only TensorFlow parameter
+/// servers. Those serve until stopped, so such a node's part never ends by itself: the job
+/// ends without it once the other nodes have, and it is then told to stop. The placement
+/// arithmetic is [`tensorflow`]'s: task `i` of a role on node `i % node_count`, so node `r`
+/// hosts a task of a role with `n` tasks when `r < n`.
+pub fn serving_only_ranks(spec: &JobSpec, node_count: usize) -> std::ops::Range<usize> {
+    let Some(s) = &spec.tensor_flow_settings else { return 0..0 };
+    let nodes = node_count.max(1);
+    if s.worker_count.is_none() && s.parameter_server_count.is_none() && nodes == 1 {
+        return 0..0;
+    }
+    let ps = count(s.parameter_server_count, 1).min(nodes);
+    let workers = count(s.worker_count, nodes).min(nodes);
+    workers..ps.max(workers)
+}
+
 /// `jobPreparation.commandLine`, run on every node before the toolkit starts.
 pub fn job_preparation(ctx: &JobContext) -> Option<Process> {
     let prep = ctx.spec.job_preparation.as_ref()?;
@@ -570,6 +586,33 @@ mod tests {
             Some("wk-1"),
         )];
         assert_eq!(run(&s, &nodes, 1), other);
+    }
+
+    #[test]
+    fn serving_only_ranks_are_the_nodes_with_nothing_but_parameter_servers() {
+        for (nodes, workers, ps) in [
+            (1, None, None),
+            (2, None, None),
+            (2, Some(1), Some(2)),
+            (3, Some(1), Some(3)),
+            (3, Some(2), Some(1)),
+            (4, Some(5), Some(4)),
+            (3, None, Some(3)),
+            (1, Some(1), Some(1)),
+        ] {
+            let s = spec(json!({"nodeCount": nodes, "tensorFlowSettings": {"pythonScriptFilePath": "m.py",
+                "workerCount": workers, "parameterServerCount": ps}}));
+            let peers = peers(nodes, 0);
+            let only: Vec<usize> = (0..nodes)
+                .filter(|&r| {
+                    let p = run(&s, &peers, r);
+                    !p.is_empty() && p.iter().all(|p| p.name.starts_with("ps-"))
+                })
+                .collect();
+            let got: Vec<usize> = serving_only_ranks(&s, nodes).collect();
+            assert_eq!(got, only, "{nodes} nodes, {workers:?} workers, {ps:?} PS");
+        }
+        assert_eq!(serving_only_ranks(&spec(json!({"nodeCount": 2, "customToolkitSettings": {}})), 2), 0..0);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
+pub mod farm;
+
 pub const SUB: &str = "00000000-0000-0000-0000-000000000000";
 pub const BAI: &str = "api-version=2018-05-01";
 
@@ -333,7 +335,20 @@ impl Agent {
 }
 
 impl Drop for Agent {
+    /// Stops the agent as an operator would (SIGTERM), so that it stops its jobs' processes:
+    /// they run in process groups of their own and outlive a `kill -9` of the agent. Killed
+    /// after a while if it does not exit.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
         self.kill();
     }
 }
