@@ -195,7 +195,12 @@ fn check_api_version(route: &Route, query: &[(String, String)]) -> Result<String
 }
 
 /// Reads the body under the size limit; a body must be JSON when it says what it is.
-pub(crate) async fn read_body(state: &AppState, method: &Method, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
     let too_large =
         || ApiError::new(ErrorCode::RequestEntityTooLarge, format!("The request body is larger than {limit} bytes."));
