@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::farm::{env, eventually, farm, finished, job_body, output, start, submit, wait_for};
+use common::farm::{cluster_path, env, eventually, farm, finished, job_body, output, start, submit, wait_for};
 use common::{Agent, BAI, Server, backends};
 use serde_json::{Value, json};
 
@@ -17,6 +17,9 @@ async fn jobs_run_on_agents_with_the_batch_ai_contract() {
         let _agents = [Agent::start(&server, &env()), Agent::start(&server, &env())];
         let c = server.client();
         let exp = farm(&c, "run", 2).await;
+        let logins = remote_logins(&c, &cluster_path("run", "c1")).await;
+        assert_eq!(logins.len(), 2, "one entry per node: {logins:?}");
+        assert!(logins.iter().all(|l| l["ipAddress"] == "127.0.0.1" && l["port"] == 22 && l["nodeId"].is_string()));
 
         // A custom job: env, secrets and the contract's variables; stdout and stderr come back.
         let cmd = "echo hello $PLAIN $SECRET; echo gpus=$AZ_BATCHAI_NUM_GPUS; echo oops >&2; \
@@ -85,6 +88,8 @@ async fn jobs_run_on_agents_with_the_batch_ai_contract() {
         )
         .await;
         wait_for(&c, &job, "running", |b| b["properties"]["executionState"] == "running").await;
+        let logins = remote_logins(&c, &job).await;
+        assert_eq!(logins.len(), 1, "the job's one node: {logins:?}");
         let r = c.send(reqwest::Method::POST, &format!("{job}/terminate?{BAI}"), None).await;
         assert_eq!(r.status, 202);
         let done = finished(&c, &job).await;
@@ -166,4 +171,11 @@ async fn a_lost_agent_requeues_its_job_and_a_server_restart_loses_nothing() {
         assert_eq!(output(&c2, &job, "stdouterr", "stdout.txt").await, "after\n");
         drop(server);
     }
+}
+
+/// `listRemoteLoginInformation` of a cluster or job.
+async fn remote_logins(c: &common::Client, path: &str) -> Vec<Value> {
+    let r = c.send(reqwest::Method::POST, &format!("{path}/listRemoteLoginInformation?{BAI}"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["value"].as_array().expect("value").clone()
 }
