@@ -211,8 +211,13 @@ async fn schedule_cluster(
     if snapshot.queue.is_empty() {
         return Ok(changed);
     }
-    for p in plan(&snapshot).placements {
-        if let Some(epoch) = store.place_job(&p.job, &cluster.key, &p.nodes, now).await? {
+    let plan = plan(&snapshot).placements;
+    if plan.is_empty() {
+        return Ok(changed);
+    }
+    let batch: Vec<(String, Vec<String>)> = plan.iter().map(|p| (p.job.clone(), p.nodes.clone())).collect();
+    for (p, epoch) in plan.iter().zip(store.place_jobs(&cluster.key, &batch, now).await?) {
+        if let Some(epoch) = epoch {
             changed = true;
             tracing::info!(job.id = %p.job, cluster.id = %cluster.arm_id, epoch, nodes = ?p.nodes, backfilled = p.backfilled, "job placed");
         }

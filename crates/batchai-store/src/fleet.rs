@@ -158,9 +158,21 @@ pub trait Fleet: Send + Sync {
     async fn release_nodes(&self, cluster_key: &str, ids: &[String], now: Millis) -> Result<u64>;
     /// Running nodes that leave once their job ends (`waitforjobcompletion`).
     async fn mark_leaving(&self, cluster_key: &str, ids: &[String], now: Millis) -> Result<u64>;
-    /// Starts a queued job on idle nodes of its cluster, all or none. Returns the placement's
-    /// epoch, or `None` when the job or a node was taken meanwhile.
-    async fn place_job(&self, job_key: &str, cluster_key: &str, nodes: &[String], now: Millis) -> Result<Option<i64>>;
+    /// Starts queued jobs of a cluster on its idle nodes, each job on all its nodes or none, in
+    /// one transaction (one commit for a whole scheduling pass). Returns each placement's
+    /// epoch, or `None` for a job whose row or a node was taken meanwhile.
+    async fn place_jobs(
+        &self,
+        cluster_key: &str,
+        placements: &[(String, Vec<String>)],
+        now: Millis,
+    ) -> Result<Vec<Option<i64>>>;
+
+    /// [`Fleet::place_jobs`] for one job.
+    async fn place_job(&self, job_key: &str, cluster_key: &str, nodes: &[String], now: Millis) -> Result<Option<i64>> {
+        let placed = self.place_jobs(cluster_key, &[(job_key.to_owned(), nodes.to_vec())], now).await?;
+        Ok(placed.into_iter().next().flatten())
+    }
     /// Ends placement `epoch` of a job (`from` → `to`) and frees its nodes.
     async fn finish_job(
         &self,
@@ -664,58 +676,77 @@ macro_rules! fleet_store {
                 Ok(marked)
             }
 
-            async fn place_job(
+            async fn place_jobs(
                 &self,
-                job_key: &str,
                 cluster_key: &str,
-                nodes: &[String],
+                placements: &[(String, Vec<String>)],
                 now: Millis,
-            ) -> Result<Option<i64>> {
+            ) -> Result<Vec<Option<i64>>> {
                 let mut tx = self.writer().begin_with($begin).await?;
-                let row = sqlx::query(
-                    "UPDATE jobs SET execution_state = 'running', execution_changed_at = $3, start_time = $3, \
-                     end_time = NULL, exit_code = NULL, errors = NULL, epoch = epoch + 1 \
-                     WHERE key = $1 AND cluster_key = $2 AND execution_state = 'queued' RETURNING epoch",
-                )
-                .bind(job_key)
-                .bind(cluster_key)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else { return Ok(None) };
-                let epoch: i64 = row.try_get("epoch")?;
-                // Nodes in id order (the locking order); ranks as the caller gave them.
-                let mut order: Vec<(usize, &String)> = nodes.iter().enumerate().collect();
-                order.sort_by(|a, b| a.1.cmp(b.1));
-                for (rank, id) in order {
-                    let took = sqlx::query(
-                        "UPDATE nodes SET state = 'running', job_key = $3, job_epoch = $4, changed_at = $5 \
-                         WHERE id = $1 AND cluster_key = $2 AND state = 'idle'",
+                let mut out = Vec::with_capacity(placements.len());
+                for (job_key, nodes) in placements {
+                    // A savepoint per job: a job that lost a race is undone alone.
+                    let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+                    let row = sqlx::query(
+                        "UPDATE jobs SET execution_state = 'running', execution_changed_at = $3, start_time = $3, \
+                         end_time = NULL, exit_code = NULL, errors = NULL, epoch = epoch + 1 \
+                         WHERE key = $1 AND cluster_key = $2 AND execution_state = 'queued' RETURNING epoch",
                     )
-                    .bind(id)
+                    .bind(job_key)
                     .bind(cluster_key)
-                    .bind(job_key)
-                    .bind(epoch)
                     .bind(now)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *sp)
                     .await?;
-                    if took.rows_affected() != 1 {
-                        // Dropping the transaction rolls it back: no partial holds.
-                        return Ok(None);
+                    let Some(row) = row else {
+                        out.push(None);
+                        continue;
+                    };
+                    let epoch: i64 = row.try_get("epoch")?;
+                    // Nodes in id order (the locking order); ranks as the caller gave them.
+                    let mut order: Vec<(usize, &String)> = nodes.iter().enumerate().collect();
+                    order.sort_by(|a, b| a.1.cmp(b.1));
+                    let mut whole = true;
+                    for (rank, id) in order {
+                        let took = sqlx::query(
+                            "UPDATE nodes SET state = 'running', job_key = $3, job_epoch = $4, changed_at = $5 \
+                             WHERE id = $1 AND cluster_key = $2 AND state = 'idle'",
+                        )
+                        .bind(id)
+                        .bind(cluster_key)
+                        .bind(job_key)
+                        .bind(epoch)
+                        .bind(now)
+                        .execute(&mut *sp)
+                        .await?;
+                        if took.rows_affected() != 1 {
+                            whole = false;
+                            break;
+                        }
+                        sqlx::query(
+                            "INSERT INTO job_nodes (job_key, epoch, rank, node_id, phase) \
+                             VALUES ($1, $2, $3, $4, 'assigned')",
+                        )
+                        .bind(job_key)
+                        .bind(epoch)
+                        .bind(rank as i32)
+                        .bind(id)
+                        .execute(&mut *sp)
+                        .await?;
                     }
-                    sqlx::query(
-                        "INSERT INTO job_nodes (job_key, epoch, rank, node_id, phase) VALUES ($1, $2, $3, $4, 'assigned')",
-                    )
-                    .bind(job_key)
-                    .bind(epoch)
-                    .bind(rank as i32)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                    if whole {
+                        sp.commit().await?;
+                        out.push(Some(epoch));
+                    } else {
+                        // Dropping the savepoint rolls it back: no partial holds.
+                        sp.rollback().await?;
+                        out.push(None);
+                    }
                 }
-                Self::refresh_counts_in(&mut tx, cluster_key).await?;
+                if out.iter().any(Option::is_some) {
+                    Self::refresh_counts_in(&mut tx, cluster_key).await?;
+                }
                 tx.commit().await?;
-                Ok(Some(epoch))
+                Ok(out)
             }
 
             async fn finish_job(

@@ -15,6 +15,7 @@ mod both {
         join_tokens_are_found_by_hash_and_revoked,
         nodes_join_a_cluster_and_are_counted,
         racing_placements_never_share_a_node,
+        a_batch_of_placements_undoes_only_the_job_that_lost,
         reports_from_an_old_placement_are_ignored,
         lost_nodes_come_back_through_preparation,
         nodes_of_deleted_clusters_and_jobs_are_freed,
@@ -159,6 +160,25 @@ async fn racing_placements_never_share_a_node(db: &Db) {
     assert!((1..=2).contains(&placed), "5 nodes fit at most 2 pairs, got {placed}");
     let c = counts(a.as_ref(), &cl).await;
     assert_eq!((c.running_node_count, c.idle_node_count), (placed * 2, 5 - placed * 2));
+}
+
+async fn a_batch_of_placements_undoes_only_the_job_that_lost(db: &Db) {
+    let s = db.open().await;
+    let (cl, jobs) = cluster_with_jobs(s.as_ref(), "g", 3, 2).await;
+    ready_nodes(s.as_ref(), &cl, &["n1", "n2", "n3", "n4"]).await;
+    let batch = vec![
+        (jobs[0].clone(), vec!["n1".to_string(), "n2".to_string()]),
+        // Wants n2, taken just above: undone alone, n3 is not left held.
+        (jobs[1].clone(), vec!["n3".to_string(), "n2".to_string()]),
+        (jobs[2].clone(), vec!["n4".to_string(), "n3".to_string()]),
+    ];
+    let placed = s.place_jobs(&cl, &batch, 3_000).await.unwrap();
+    assert!(placed[0].is_some() && placed[1].is_none() && placed[2].is_some(), "{placed:?}");
+    let j1 = s.get_resource(&jobs[1]).await.unwrap().unwrap().job.unwrap();
+    assert_eq!(j1.execution_state, ExecutionState::Queued);
+    assert!(s.job_placement(&jobs[1], 1).await.unwrap().is_empty(), "no placement rows left behind");
+    assert_eq!(s.get_node("n3").await.unwrap().unwrap().job_key.as_deref(), Some(jobs[2].as_str()));
+    assert_eq!(counts(s.as_ref(), &cl).await.running_node_count, 4);
 }
 
 async fn reports_from_an_old_placement_are_ignored(db: &Db) {
