@@ -62,6 +62,14 @@ impl Waiters {
     }
 }
 
+impl batchai_scheduler::runner::NodeWaker for Waiters {
+    fn wake(&self, nodes: &[String]) {
+        for n in nodes {
+            Waiters::wake(self, n);
+        }
+    }
+}
+
 /// Wakes the long polls of nodes whose desired state changed, on this server or another one.
 /// Polls `nodes.changed_at` on every `changed` notification and every `interval`.
 pub async fn watch_changes(
@@ -80,7 +88,9 @@ pub async fn watch_changes(
                 let mut seen = state.waiters.seen.lock().unwrap_or_else(|e| e.into_inner());
                 for (node, at) in rows {
                     since = since.max(at);
-                    if seen.get(&node).is_none_or(|s| *s < at) {
+                    // Any different stamp is a change: a pass that began before a node's
+                    // previous change may commit after it with an older stamp.
+                    if seen.get(&node) != Some(&at) {
                         seen.insert(node.clone(), at);
                         state.waiters.wake(&node);
                     }
@@ -164,6 +174,12 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
     };
     let body = crate::arm::read_body(&state, &Method::POST, &headers, body).await?;
     let req: SyncRequest = batchai_core::validate::parse_json(&body, "")?;
+    // Subscribed before the node is read, so a change committed after that read wakes the
+    // wait below instead of being missed.
+    let notify = state.waiters.notify_for(&node.id);
+    let woken = notify.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
     // Reports are applied to completion even if the agent drops the request (it does, to
     // report something new at once): a write cancelled inside a transaction could hand its
     // connection back mid-transaction. Only the wait below is cancellable.
@@ -171,20 +187,18 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         tokio::spawn(apply_sync(state.clone(), node, req)).await.map_err(|_| Error::from(ApiError::internal()))??;
     let wait = Duration::from_millis(req.wait_ms).min(state.settings.agent_max_wait);
     let deadline = tokio::time::Instant::now() + wait;
-    let notify = state.waiters.notify_for(&node.id);
     loop {
-        // Registered before reading, so a change between the read and the wait is not missed.
-        let woken = notify.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
         let res = desired(state.store.as_ref(), &node).await?;
         if req.known.as_deref() != Some(res.version.as_str()) || tokio::time::Instant::now() >= deadline {
             return Ok(Json(res));
         }
         tokio::select! {
             _ = &mut woken => {}
-            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(res)),
         }
+        // Re-armed before the node is read again, for the same reason as above.
+        woken.set(notify.notified());
+        woken.as_mut().enable();
         node = state.store.get_node(&node.id).await?.unwrap_or(node);
     }
 }
@@ -201,7 +215,11 @@ async fn apply_sync(state: AppState, node: NodeRow, req: SyncRequest) -> Result<
         return Err(unauthorized("The node was removed."));
     };
     let mut woke_scheduler = false;
+    // Agents resend their last setup report on every sync; only one for the allocation being
+    // prepared can change anything.
     if let Some(setup) = &req.setup
+        && node.state == batchai_core::state::NodeState::Preparing
+        && setup.alloc_epoch == node.alloc_epoch
         && state.store.report_setup(&node.id, setup.alloc_epoch, setup.error.as_deref(), now).await?
     {
         if let Some(e) = &setup.error {
@@ -244,8 +262,11 @@ async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Resul
     let o = JobOutcome { end_time: Some(now), exit_code: end.exit_code, errors: end.errors, now, ..Default::default() };
     if state.store.finish_job(&t.job, t.epoch, job.execution_state, end.state, &o).await? {
         tracing::info!(job.id = %t.job, state = end.state.as_str(), exit_code = ?end.exit_code, "job ended");
-        // Its other nodes must stop now.
+        // Its other nodes must stop now: stamped for other servers, woken here at once.
         state.store.touch_job_nodes(&t.job, now).await?;
+        for p in &placement {
+            state.waiters.wake(&p.node_id);
+        }
         return Ok(true);
     }
     Ok(false)

@@ -90,13 +90,14 @@ impl AppState {
     /// Loads (or creates, once) the signing key and tenant id from the store.
     pub async fn new(store: Arc<dyn Store>, settings: ApiSettings) -> Result<Self, batchai_store::StoreError> {
         let keys = auth::Keys::load(store.as_ref()).await?;
+        let waiters: Arc<agent::Waiters> = Default::default();
         Ok(Self {
             store,
             settings: Arc::new(settings),
             keys: Arc::new(keys),
             ops_wake: Arc::new(Notify::new()),
-            scheduler: Default::default(),
-            waiters: Default::default(),
+            scheduler: batchai_scheduler::runner::Signals { nodes: waiters.clone(), ..Default::default() },
+            waiters,
         })
     }
 }

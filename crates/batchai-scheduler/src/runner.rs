@@ -42,13 +42,33 @@ impl Default for Settings {
     }
 }
 
+/// Wakes the long polls of nodes whose assignments this server just changed (the agent
+/// protocol implements it); other servers see the change through `nodes.changed_at`.
+pub trait NodeWaker: Send + Sync {
+    fn wake(&self, nodes: &[String]);
+}
+
+struct NoWaker;
+
+impl NodeWaker for NoWaker {
+    fn wake(&self, _: &[String]) {}
+}
+
 /// Handles to wake the loop and to tell the agent protocol that desired states changed.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Signals {
     /// Notified by whoever queues work or frees nodes.
     pub wake: Arc<Notify>,
     /// Notified after the loop changed what some node must run.
     pub changed: Arc<Notify>,
+    /// Told at once which nodes were given jobs.
+    pub nodes: Arc<dyn NodeWaker>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self { wake: Default::default(), changed: Default::default(), nodes: Arc::new(NoWaker) }
+    }
 }
 
 /// Runs until `shutdown` flips.
@@ -59,7 +79,7 @@ pub async fn run(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        match tick(store.as_ref(), &settings).await {
+        match tick(store.as_ref(), &settings, &signals).await {
             Ok(true) => signals.changed.notify_one(),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "scheduling pass failed; retrying"),
@@ -73,7 +93,7 @@ pub async fn run(
 }
 
 /// One pass over every cluster. True when some node's desired state changed.
-pub async fn tick(store: &dyn Store, settings: &Settings) -> Result<bool, StoreError> {
+pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals) -> Result<bool, StoreError> {
     let now = now_millis();
     let mut changed = false;
     let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
@@ -93,7 +113,7 @@ pub async fn tick(store: &dyn Store, settings: &Settings) -> Result<bool, StoreE
         if cluster.deleting {
             continue;
         }
-        changed |= schedule_cluster(store, settings, &cluster, now).await?;
+        changed |= schedule_cluster(store, settings, signals, &cluster, now).await?;
     }
     Ok(changed)
 }
@@ -136,6 +156,7 @@ fn target(spec: &ClusterSpec, jobs: &[SchedJob]) -> i32 {
 async fn schedule_cluster(
     store: &dyn Store,
     settings: &Settings,
+    signals: &Signals,
     cluster: &SchedCluster,
     now: Millis,
 ) -> Result<bool, StoreError> {
@@ -216,7 +237,12 @@ async fn schedule_cluster(
         return Ok(changed);
     }
     let batch: Vec<(String, Vec<String>)> = plan.iter().map(|p| (p.job.clone(), p.nodes.clone())).collect();
-    for (p, epoch) in plan.iter().zip(store.place_jobs(&cluster.key, &batch, now).await?) {
+    // Stamped when written, not when the pass began: other servers find changes by time.
+    let placed = store.place_jobs(&cluster.key, &batch, now_millis()).await?;
+    let woken: Vec<String> =
+        plan.iter().zip(&placed).filter(|(_, e)| e.is_some()).flat_map(|(p, _)| p.nodes.iter().cloned()).collect();
+    signals.nodes.wake(&woken);
+    for (p, epoch) in plan.iter().zip(placed) {
         if let Some(epoch) = epoch {
             changed = true;
             tracing::info!(job.id = %p.job, cluster.id = %cluster.arm_id, epoch, nodes = ?p.nodes, backfilled = p.backfilled, "job placed");
