@@ -1,259 +1,138 @@
-//! `batchai-bench`: job PUT throughput and GET latency through the real HTTP API, beside a
-//! raw sqlx insert loop of same-size rows on the same kind of database, at the same
-//! concurrency. Prints a table and our ratio to the raw rate.
+//! `batchai-bench`: measurements of the control plane and of jobs running, each printed as a
+//! markdown table for `docs/benchmarks.md`.
 //!
-//! `cargo run --release -p batchai-bench -- --backend sqlite`
-//! `cargo run --release -p batchai-bench -- --backend postgres --pg-url postgres://…/postgres`
+//! - `control-plane` (default): job PUT throughput and GET latency through the real HTTP API
+//!   (server in this process), beside a raw sqlx insert loop on the same kind of database.
+//! - `placement`: a real `batchai server` process, `--nodes` simulated nodes (`nodes.rs`) and
+//!   `--jobs` single-node jobs: placements per second and submit→running latency.
+//! - `heartbeat`: idle simulated nodes long-polling; the server's CPU time per core.
+//! - `trivial`: a real server and `--agents` real `batchai agent` processes running `true`:
+//!   lone-job latency and batch throughput.
+//! - `agent-rss`: one real agent's resident memory while idle.
+//!
+//! ```sh
+//! cargo build --release -p batchai
+//! cargo run --release -p batchai-bench -- --backend postgres --pg-url postgres://…/postgres
+//! cargo run --release -p batchai-bench -- --scenario placement --nodes 1000 --jobs 100000
+//! cargo run --release -p batchai-bench -- --scenario trivial --agents 16 --jobs 1000
+//! ```
+//!
+//! Scenarios that start processes need `cargo build --release -p batchai` first (or
+//! `--batchai-bin`). `--work-dir` keeps the server's data and logs; `BENCH_SERVER_LOG` sets the
+//! server's `RUST_LOG` (default `warn`); `BENCH_PG_LOG_STATEMENTS=1` has Postgres log every
+//! statement of the run's database with its duration (diagnostics; it slows the run).
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use clap::Parser;
-use serde_json::{Value, json};
+use clap::{Parser, ValueEnum};
+
+mod api;
+mod db;
+mod nodes;
+mod scenarios;
+mod server;
+mod stats;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    ControlPlane,
+    Placement,
+    Heartbeat,
+    Trivial,
+    AgentRss,
+}
 
 #[derive(Parser)]
-struct Args {
-    /// sqlite or postgres.
-    #[arg(long, default_value = "sqlite")]
-    backend: String,
+pub struct Args {
+    #[arg(long, value_enum, default_value = "control-plane")]
+    scenario: Scenario,
+    /// sqlite or postgres [default: postgres for placement and heartbeat, else sqlite].
+    #[arg(long)]
+    backend: Option<String>,
     /// A superuser URL; each run creates fresh databases next to it.
     #[arg(long, env = "BATCHAI_TEST_PG_URL")]
     pg_url: Option<String>,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 16)]
-    clients: usize,
-    /// Jobs to PUT (and raw rows to insert).
-    #[arg(long, default_value_t = 4000)]
-    jobs: usize,
-    /// GETs in the latency phase.
+    /// Concurrent HTTP clients submitting [default: 16; placement 32].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Jobs [default: control-plane 4000, placement 10000, trivial 1000].
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// control-plane: GETs in the latency phase.
     #[arg(long, default_value_t = 8000)]
     gets: usize,
-    /// `jwt`: a service principal's access token, as the SDK's ServicePrincipalCredentials
-    /// sends (checked without a database read); `token`: a long-lived API token (one indexed
-    /// read per request, so revocation is immediate).
+    /// control-plane: `jwt` (a service principal's access token, checked without a database
+    /// read) or `token` (an API token: one indexed read per request).
     #[arg(long, default_value = "jwt")]
     auth: String,
+    /// placement, heartbeat: simulated nodes.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// heartbeat: the measured window.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// trivial: real agent processes.
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    /// trivial: sequential lone jobs for the latency figure.
+    #[arg(long, default_value_t = 20)]
+    lone: usize,
+    /// placement: queue every job while the cluster has no nodes, then resize it, so the
+    /// placement rate is measured without submissions competing for the CPUs.
+    #[arg(long)]
+    drain: bool,
+    /// placement: jobs of the latency phase (free capacity), submitted at `--latency-rate`.
+    #[arg(long, default_value_t = 1000)]
+    latency_jobs: usize,
+    /// placement: submissions per second in the latency phase.
+    #[arg(long, default_value_t = 100.0)]
+    latency_rate: f64,
+    /// Simulated nodes report `Exited` at once instead of `Preparing` first.
+    #[arg(long)]
+    exit_only: bool,
+    /// Long-poll wait the simulated nodes ask for, ms (the agent's default is 20000).
+    #[arg(long, default_value_t = 20_000)]
+    node_wait_ms: u64,
+    /// Server setting `agent_max_wait_ms` (BATCHAI_AGENT_MAX_WAIT_MS); the server's default
+    /// when unset.
+    #[arg(long)]
+    agent_max_wait_ms: Option<u64>,
+    /// The `batchai` binary [default: next to this one].
+    #[arg(long)]
+    batchai_bin: Option<PathBuf>,
+    /// Keep server and agent data and logs here instead of a temporary directory.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
-const SUB: &str = "00000000-0000-0000-0000-0000000000be";
+impl Args {
+    fn backend(&self) -> &str {
+        self.backend.as_deref().unwrap_or(match self.scenario {
+            Scenario::Placement | Scenario::Heartbeat => "postgres",
+            _ => "sqlite",
+        })
+    }
+
+    /// The Postgres superuser URL when the backend is Postgres; `None` for SQLite.
+    fn pg_admin(&self) -> anyhow::Result<Option<&str>> {
+        match self.backend() {
+            "sqlite" => Ok(None),
+            "postgres" => Ok(Some(
+                self.pg_url.as_deref().ok_or_else(|| anyhow::anyhow!("--pg-url (or BATCHAI_TEST_PG_URL) is needed"))?,
+            )),
+            other => anyhow::bail!("unknown backend {other}"),
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let tmp = tempfile::tempdir()?;
-    let (api_url, raw_url) = match args.backend.as_str() {
-        "sqlite" => (
-            format!("sqlite://{}", tmp.path().join("api.sqlite").display()),
-            format!("sqlite://{}", tmp.path().join("raw.sqlite").display()),
-        ),
-        "postgres" => {
-            let admin = args.pg_url.clone().context("--pg-url (or BATCHAI_TEST_PG_URL) is needed for postgres")?;
-            (fresh_pg(&admin).await?, fresh_pg(&admin).await?)
-        }
-        other => bail!("unknown backend {other}"),
-    };
-    let store = batchai_store::connect(&api_url).await?;
-    let state = batchai_api::AppState::new(store.clone(), batchai_api::ApiSettings::default()).await?;
-    let subs = [SUB.to_owned()];
-    let token = match args.auth.as_str() {
-        "jwt" => {
-            let (p, _) = batchai_api::auth::create_principal(store.as_ref(), "bench", &subs).await?;
-            state.keys.issue(&p.client_id, &subs, "https://management.core.windows.net/", "bench", 3600).0
-        }
-        "token" => batchai_api::auth::create_api_token(store.as_ref(), "bench", &subs, None).await?.1,
-        other => bail!("unknown auth {other}"),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = batchai_api::router(state.clone(), batchai_api::Scheme::Http);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(batchai_api::lro::run(state, stop_rx));
-
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build()?;
-    let api = Api { http, base, token };
-    let rg = format!("/subscriptions/{SUB}/resourceGroups/bench");
-    let bai = format!("{rg}/providers/Microsoft.BatchAI/workspaces/ws");
-    api.put(&format!("{rg}?api-version=2021-04-01"), &json!({"location": "eastus"})).await?;
-    api.put(&format!("{bai}?api-version=2018-05-01"), &json!({"location": "eastus"})).await?;
-    api.put(&format!("{bai}/experiments/exp?api-version=2018-05-01"), &Value::Null).await?;
-    let cluster = json!({"properties": {"vmSize": "STANDARD_NC6", "scaleSettings": {"manual": {"targetNodeCount": 1}},
-        "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"}}});
-    api.put(&format!("{bai}/clusters/c?api-version=2018-05-01"), &cluster).await?;
-    let job = json!({"properties": {
-        "cluster": {"id": format!("{bai}/clusters/c")}, "nodeCount": 1,
-        "stdOutErrPathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs",
-        "customToolkitSettings": {"commandLine": "python train.py --epochs 10 --data $AZ_BATCHAI_INPUT_DATA"},
-        "inputDirectories": [{"id": "DATA", "path": "$AZ_BATCHAI_MOUNT_ROOT/afs/data"}],
-        "outputDirectories": [{"id": "MODEL", "pathPrefix": "$AZ_BATCHAI_MOUNT_ROOT/afs", "pathSuffix": "models"}],
-        "environmentVariables": [{"name": "EPOCHS", "value": "10"}]}});
-    let row_bytes = job.to_string().len();
-
-    // Job PUT throughput.
-    let jobs_path = format!("{bai}/experiments/exp/jobs");
-    let started = Instant::now();
-    let (api2, jobs_path2, job2) = (api.clone(), jobs_path.clone(), job.clone());
-    let put_lat = run_clients(args.clients, args.jobs, move |i| {
-        let (api, jobs_path, job) = (api2.clone(), &jobs_path2, &job2);
-        let path = format!("{jobs_path}/job-{i:07}?api-version=2018-05-01");
-        let job = job.clone();
-        async move { api.put(&path, &job).await }
-    })
-    .await?;
-    let put_secs = started.elapsed().as_secs_f64();
-
-    // GET latency.
-    let n = args.jobs;
-    let api2 = api.clone();
-    let get_lat = run_clients(args.clients, args.gets, move |i| {
-        let api = api2.clone();
-        let path = format!("{jobs_path}/job-{:07}?api-version=2018-05-01", (i * 7919) % n);
-        async move { api.get(&path).await }
-    })
-    .await?;
-
-    // The HTTP floor: an authenticated request that touches no database.
-    let floor_started = Instant::now();
-    run_clients(args.clients, args.gets, move |_| {
-        let api = api.clone();
-        async move { api.get("/providers/Microsoft.BatchAI/operations?api-version=2018-05-01").await }
-    })
-    .await?;
-    let floor_rate = args.gets as f64 / floor_started.elapsed().as_secs_f64();
-
-    // Raw baseline: one autocommit INSERT of a same-size row per job, same concurrency.
-    let raw_secs = raw_inserts(&raw_url, args.clients, args.jobs, row_bytes).await?;
-
-    let put_rate = args.jobs as f64 / put_secs;
-    let raw_rate = args.jobs as f64 / raw_secs;
-    println!(
-        "backend: {}  auth: {}  clients: {}  jobs: {}  row: {row_bytes} B",
-        args.backend, args.auth, args.clients, args.jobs
-    );
-    println!("| metric | value |");
-    println!("|---|---|");
-    println!("| job PUT throughput | {put_rate:.0} jobs/s |");
-    println!("| job PUT latency p50 / p99 | {} / {} ms |", ms(pct(&put_lat, 50.0)), ms(pct(&put_lat, 99.0)));
-    println!("| job GET latency p50 / p99 | {} / {} ms |", ms(pct(&get_lat, 50.0)), ms(pct(&get_lat, 99.0)));
-    println!("| HTTP floor (no database) | {floor_rate:.0} req/s |");
-    println!("| raw sqlx INSERT throughput | {raw_rate:.0} rows/s |");
-    println!("| ratio PUT / raw INSERT | {:.2} (target >= 0.5) |", put_rate / raw_rate);
-    Ok(())
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
-    sorted.get(i).copied().unwrap_or_default()
-}
-
-/// Runs `total` calls of `f` over `clients` concurrent workers; returns sorted latencies.
-async fn run_clients<F, Fut>(clients: usize, total: usize, f: F) -> anyhow::Result<Vec<Duration>>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
-{
-    let f = Arc::new(f);
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (f, next) = (f.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<_, anyhow::Error>(lat);
-                }
-                let t = Instant::now();
-                f(i).await?;
-                lat.push(t.elapsed());
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    all.sort();
-    Ok(all)
-}
-
-#[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    async fn put(&self, path: &str, body: &Value) -> anyhow::Result<()> {
-        let mut req = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token);
-        if !body.is_null() {
-            req = req.json(body);
-        }
-        let res = req.send().await?;
-        if !res.status().is_success() {
-            bail!("PUT {path}: {} {}", res.status(), res.text().await.unwrap_or_default());
-        }
-        Ok(())
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<()> {
-        let res = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
-        if !res.status().is_success() {
-            bail!("GET {path}: {}", res.status());
-        }
-        res.bytes().await?;
-        Ok(())
-    }
-}
-
-async fn fresh_pg(admin: &str) -> anyhow::Result<String> {
-    use sqlx::Connection;
-    let name = format!("batchai_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(admin).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
-    let (base, _) = admin.rsplit_once('/').context("database URL has no database part")?;
-    Ok(format!("{base}/{name}"))
-}
-
-async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -> anyhow::Result<f64> {
-    let body = "x".repeat(row_bytes);
-    // The same loop over either pool type.
-    macro_rules! timed_inserts {
-        ($pool:expr) => {{
-            let pool = $pool;
-            sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
-            let started = Instant::now();
-            run_clients(clients, rows, move |i| {
-                let (pool, body) = (pool.clone(), body.clone());
-                async move {
-                    sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
-                        .bind(format!("row-{i}"))
-                        .bind(body)
-                        .execute(&pool)
-                        .await?;
-                    Ok(())
-                }
-            })
-            .await?;
-            started.elapsed().as_secs_f64()
-        }};
-    }
-    if url.starts_with("postgres") {
-        Ok(timed_inserts!(sqlx::postgres::PgPoolOptions::new().max_connections(clients as u32).connect(url).await?))
-    } else {
-        use std::str::FromStr;
-        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(30));
-        Ok(timed_inserts!(sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?))
+    match args.scenario {
+        Scenario::ControlPlane => scenarios::control_plane::run(&args).await,
+        Scenario::Placement => scenarios::placement::run(&args).await,
+        Scenario::Heartbeat => scenarios::heartbeat::run(&args).await,
+        Scenario::Trivial => scenarios::trivial::run(&args).await,
+        Scenario::AgentRss => scenarios::trivial::agent_rss(&args).await,
     }
 }
