@@ -222,13 +222,27 @@ async fn schedule_cluster(
     let old_errors = cluster.errors.clone().unwrap_or(serde_json::Value::Null);
     if allocation != cluster.allocation_state || errors != old_errors {
         store.refresh_cluster(&cluster.key, Some(allocation), Some(&errors), now).await?;
-    } else {
-        // Converges counts a concurrent transaction may have missed (see the store).
-        store.refresh_cluster(&cluster.key, None, None, now).await?;
     }
 
     // Placement.
-    let snapshot = snapshot(cluster, &nodes, &jobs, now);
+    changed |= place(store, signals, cluster, &nodes, &jobs, now).await?;
+    // The store leaves node counts to this pass (see its REFRESH_COUNTS); after placing, so
+    // they include this pass's placements.
+    store.refresh_cluster(&cluster.key, None, None, now).await?;
+    Ok(changed)
+}
+
+/// Places what fits now; true when something was placed.
+async fn place(
+    store: &dyn Store,
+    signals: &Signals,
+    cluster: &SchedCluster,
+    nodes: &[NodeRow],
+    jobs: &[SchedJob],
+    now: Millis,
+) -> Result<bool, StoreError> {
+    let mut changed = false;
+    let snapshot = snapshot(cluster, nodes, jobs, now);
     if snapshot.queue.is_empty() {
         return Ok(changed);
     }

@@ -288,9 +288,12 @@ const FREE_JOB_NODES: &str = "UPDATE nodes SET \
      job_key = NULL, job_epoch = NULL, changed_at = $3 \
      WHERE job_key = $1 AND job_epoch = $2 AND state IN ('running', 'leaving')";
 
-/// Recounts a cluster's nodes, writing only when a count changed. Under Postgres' read
-/// committed isolation a recount inside a transaction can miss a concurrent one's change, so
-/// the scheduler also recounts every cluster on each pass, and the counts converge.
+/// Recounts a cluster's nodes, writing only when a count changed. The frequent changes (a job
+/// placed, ended or requeued, a node's setup reported) do not recount: that would queue every
+/// job end on the cluster's one row. The scheduler recounts each cluster on every pass instead
+/// (it is woken by those changes), which also converges counts a recount inside a concurrent
+/// transaction missed under read committed. Rare changes (allocation, release, lost nodes)
+/// still recount at once.
 const REFRESH_COUNTS: &str = "UPDATE clusters SET current_node_count = x.total, idle_node_count = x.idle, \
      running_node_count = x.running, preparing_node_count = x.preparing, unusable_node_count = x.unusable, \
      leaving_node_count = x.leaving \
@@ -473,23 +476,17 @@ macro_rules! fleet_store {
             }
 
             async fn report_setup(&self, id: &str, alloc_epoch: i64, error: Option<&str>, now: Millis) -> Result<bool> {
-                let mut tx = self.writer().begin_with($begin).await?;
-                let row = sqlx::query(
+                let done = sqlx::query(
                     "UPDATE nodes SET state = CASE WHEN $3 IS NULL THEN 'idle' ELSE 'unusable' END, error = $3, \
-                     changed_at = $4 WHERE id = $1 AND alloc_epoch = $2 AND state = 'preparing' RETURNING cluster_key",
+                     changed_at = $4 WHERE id = $1 AND alloc_epoch = $2 AND state = 'preparing'",
                 )
                 .bind(id)
                 .bind(alloc_epoch)
                 .bind(error)
                 .bind(now)
-                .fetch_optional(&mut *tx)
+                .execute(self.writer())
                 .await?;
-                let Some(row) = row else { return Ok(false) };
-                if let Some(cluster) = row.try_get::<Option<String>, _>("cluster_key")? {
-                    Self::refresh_counts_in(&mut tx, &cluster).await?;
-                }
-                tx.commit().await?;
-                Ok(true)
+                Ok(done.rows_affected() == 1)
             }
 
             async fn report_task(
@@ -742,9 +739,6 @@ macro_rules! fleet_store {
                         out.push(None);
                     }
                 }
-                if out.iter().any(Option::is_some) {
-                    Self::refresh_counts_in(&mut tx, cluster_key).await?;
-                }
                 tx.commit().await?;
                 Ok(out)
             }
@@ -759,11 +753,11 @@ macro_rules! fleet_store {
             ) -> Result<bool> {
                 let errors = o.errors.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default());
                 let mut tx = self.writer().begin_with($begin).await?;
-                let row = sqlx::query(
+                let done = sqlx::query(
                     "UPDATE jobs SET execution_state = $4, execution_changed_at = $5, \
                      end_time = COALESCE($6, end_time), exit_code = COALESCE($7, exit_code), \
                      errors = COALESCE($8, errors) \
-                     WHERE key = $1 AND epoch = $2 AND execution_state = $3 RETURNING cluster_key",
+                     WHERE key = $1 AND epoch = $2 AND execution_state = $3",
                 )
                 .bind(job_key)
                 .bind(epoch)
@@ -773,32 +767,31 @@ macro_rules! fleet_store {
                 .bind(o.end_time)
                 .bind(o.exit_code)
                 .bind(errors)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-                let Some(row) = row else { return Ok(false) };
-                let cluster: String = row.try_get("cluster_key")?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
                 sqlx::query(FREE_JOB_NODES).bind(job_key).bind(epoch).bind(o.now).execute(&mut *tx).await?;
-                Self::refresh_counts_in(&mut tx, &cluster).await?;
                 tx.commit().await?;
                 Ok(true)
             }
 
             async fn requeue_job(&self, job_key: &str, epoch: i64, now: Millis) -> Result<bool> {
                 let mut tx = self.writer().begin_with($begin).await?;
-                let row = sqlx::query(
+                let done = sqlx::query(
                     "UPDATE jobs SET execution_state = 'queued', execution_changed_at = $3, start_time = NULL, \
-                     requeues = requeues + 1 WHERE key = $1 AND epoch = $2 AND execution_state = 'running' \
-                     RETURNING cluster_key",
+                     requeues = requeues + 1 WHERE key = $1 AND epoch = $2 AND execution_state = 'running'",
                 )
                 .bind(job_key)
                 .bind(epoch)
                 .bind(now)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-                let Some(row) = row else { return Ok(false) };
-                let cluster: String = row.try_get("cluster_key")?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
                 sqlx::query(FREE_JOB_NODES).bind(job_key).bind(epoch).bind(now).execute(&mut *tx).await?;
-                Self::refresh_counts_in(&mut tx, &cluster).await?;
                 tx.commit().await?;
                 Ok(true)
             }

@@ -67,7 +67,9 @@ async fn ready_nodes(s: &dyn Store, cluster: &str, ids: &[&str]) {
     }
 }
 
+/// The counts as the scheduler's recount on each pass leaves them.
 async fn counts(s: &dyn Store, cluster: &str) -> ClusterRuntime {
+    s.refresh_cluster(cluster, None, None, 9_999).await.unwrap();
     s.get_resource(cluster).await.unwrap().unwrap().cluster.unwrap()
 }
 

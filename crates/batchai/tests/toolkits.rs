@@ -57,9 +57,12 @@ exit $rc
 
 const SHOW_PY: &str = r#"import os, sys
 e = os.environ.get
-print(f"rank={e('OMPI_COMM_WORLD_RANK', '-')}/{e('OMPI_COMM_WORLD_SIZE', '-')} task={e('AZ_BATCHAI_TASK_INDEX', '-')} "
-      f"args={' '.join(sys.argv[1:])} plain={e('PLAIN')} hosts={e('AZ_BATCH_HOST_LIST')} "
-      f"master={e('AZ_BATCHAI_MPI_MASTER_NODE')}", flush=True)
+line = (f"rank={e('OMPI_COMM_WORLD_RANK', '-')}/{e('OMPI_COMM_WORLD_SIZE', '-')} task={e('AZ_BATCHAI_TASK_INDEX', '-')} "
+        f"args={' '.join(sys.argv[1:])} plain={e('PLAIN')} hosts={e('AZ_BATCH_HOST_LIST')} "
+        f"master={e('AZ_BATCHAI_MPI_MASTER_NODE')}\n")
+# One write per line: the ranks of an mpirun share stdout.txt, and print() may write the text
+# and its newline separately, interleaving two ranks' lines.
+os.write(1, line.encode())
 "#;
 
 const TF_PY: &str = r#"import json, os, sys, time
