@@ -634,6 +634,14 @@ async fn hostile_requests_are_rejected_cleanly_on_every_backend() {
             )
             .await;
         assert_eq!(job.status, 200, "{}", job.text);
+        // The scheduler's first pass over the new cluster (no node joins: it reports
+        // InsufficientNodes) must be over, or the snapshot would catch it midway.
+        let cluster = format!("{}?{BAI}", Server::bai("keep", "workspaces/ws/clusters/c"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while c.get(&cluster).await.body["properties"]["errors"].as_array().is_none_or(Vec::is_empty) {
+            assert!(tokio::time::Instant::now() < deadline, "the scheduler never looked at the cluster");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let before = snapshot(&c).await;
         let ctx = Ctx { token: server.token.clone(), cluster_id };
         let addr = server.http.trim_start_matches("http://").trim_end_matches('/').to_owned();
