@@ -110,6 +110,17 @@ def read_env_file(path):
     return env
 
 
+
+def _terminate(proc, grace):
+    """SIGTERM, then SIGKILL if `proc` is still running after `grace` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
 class ServerProcess:
     """One `batchai server` process, or `batchai dev` (the server with a local
     agent in the same process) with command="dev". Its stdout/stderr are
@@ -195,13 +206,7 @@ class ServerProcess:
         return read_env_file(os.path.join(self.data_dir, "dev.env"))
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        _terminate(self.proc, grace=15)
         self._join()
 
     def kill9(self):
@@ -307,13 +312,8 @@ class AgentProcess:
         return _tail(self.log_path, n)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        # The agent stops its jobs' processes on SIGTERM before it exits: a longer grace.
+        _terminate(self.proc, grace=30)
         for t in self._threads:
             t.join(timeout=10)
 
