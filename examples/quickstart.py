@@ -11,8 +11,14 @@ from dev.env, differ. It signs in as a service principal, creates a resource gro
 workspace, an experiment and a one-node STANDARD_NC6 cluster that mounts an Azure file share,
 submits a job, waits for it, prints its exit code and its stdout.txt. Running it again
 reuses the resources and submits a new job.
+
+    /var/tmp/batchai-venv/bin/python examples/quickstart.py --image batchai/busybox:latest
+
+runs the job in a Docker container of that image instead (`containerSettings`); build the
+image first with scripts/build-images.sh.
 """
 
+import argparse
 import os
 import sys
 import time
@@ -114,6 +120,9 @@ def wait_for_job(batchai, job_name):
 
 
 def main():
+    parser = argparse.ArgumentParser(description="Run a job on batchai with the Azure Batch AI SDK.")
+    parser.add_argument("--image", help="run the job in a Docker container of this image")
+    args = parser.parse_args()
     resources, batchai, ca = clients()
 
     resources.resource_groups.create_or_update(RESOURCE_GROUP, {"location": LOCATION})
@@ -131,8 +140,10 @@ def main():
         environment_variables=[models.EnvironmentVariable(name="GREETING", value="hello from batchai")],
         custom_toolkit_settings=models.CustomToolkitSettings(
             command_line='echo "$GREETING"; echo "on $(hostname) with $AZ_BATCHAI_NUM_GPUS GPU(s)"'),
+        container_settings=models.ContainerSettings(
+            image_source_registry=models.ImageSourceRegistry(image=args.image)) if args.image else None,
     )
-    print(f"submitting job {job_name}")
+    print(f"submitting job {job_name}" + (f" in image {args.image}" if args.image else ""))
     batchai.jobs.create(RESOURCE_GROUP, WORKSPACE, EXPERIMENT, job_name, job).result()
 
     job = wait_for_job(batchai, job_name)

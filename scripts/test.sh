@@ -14,6 +14,13 @@ step "postgres"
 BATCHAI_TEST_PG_URL="$(scripts/postgres.sh)"
 export BATCHAI_TEST_PG_URL
 
+# Job images for the Docker runtime tests (no registry needed). Without an engine the Docker
+# tests skip themselves, except under CI, where they fail.
+if docker info >/dev/null 2>&1; then
+  step "job images"
+  scripts/build-images.sh
+fi
+
 if [ -z "${SKIP_LINT:-}" ]; then
   step "cargo fmt --check"
   cargo fmt --all -- --check

@@ -20,6 +20,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 import requests
 from azure.mgmt.batchai import BatchAIManagementClient
 from azure.mgmt.resource import ResourceManagementClient, SubscriptionClient
@@ -40,6 +41,22 @@ STATE_POLL_S = 0.25
 # The longest a server holds an agent's sync; short, so an agent hears of work at once and
 # stops quickly. Set for the server and the agent.
 AGENT_ENV = {"BATCHAI_AGENT_MAX_WAIT_MS": "1000"}
+# Built by scripts/build-images.sh, which .ci/run runs before the tests.
+BUSYBOX = "batchai/busybox:latest"
+
+
+def require_image(image):
+    """Skips the test when Docker or `image` is missing here; under CI that is a failure."""
+    try:
+        present = subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                                 timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        present = False
+    if not present:
+        message = f"needs Docker with {image} (scripts/build-images.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 TERMINAL_JOB_STATES = ("succeeded", "failed")
 
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 from azure.mgmt.batchai import models as bm
 
-from helpers import (STATE_DEADLINE_S, STATE_POLL_S, TERMINAL_JOB_STATES, short, wait, wait_for_idle_nodes,
-                     wait_for_job)
+from helpers import (BUSYBOX, STATE_DEADLINE_S, STATE_POLL_S, TERMINAL_JOB_STATES, short, wait, wait_for_idle_nodes,
+                     require_image, wait_for_job)
 
 pytestmark = pytest.mark.agent
 
@@ -195,6 +195,28 @@ def test_download_link_is_signed(jobs):
     tampered = re.sub(r"sig=([^&])", lambda m: "sig=" + ("A" if m.group(1) != "A" else "B"), url)
     assert tampered != url
     assert download(tampered, r.ca).status_code in (401, 403)
+
+
+def test_container_job_runs_in_docker_with_job_preparation_and_logs(jobs):
+    require_image(BUSYBOX)
+    r = jobs
+    name = r.submit(
+        'echo "in $(readlink /bin/ls) with $AZ_BATCHAI_NUM_GPUS GPUs"; cat $AZ_BATCHAI_JOB_TEMP/prep; echo err >&2; '
+        'exit 3',
+        container_settings=bm.ContainerSettings(image_source_registry=bm.ImageSourceRegistry(image=BUSYBOX),
+                                                shm_size="64m"),
+        job_preparation=bm.JobPreparation(command_line="echo prepared > $AZ_BATCHAI_JOB_TEMP/prep"),
+    )
+    job = r.finish(name)
+    assert job.execution_state == "failed", job.execution_state
+    assert job.execution_info.exit_code == 3
+    assert job.container_settings.image_source_registry.image == BUSYBOX
+    files = {f.name: f for f in r.files(name, "stdouterr")}
+    # busybox's `ls` is a link to busybox: the command ran in the image, not on the host.
+    assert download(files["stdout.txt"].download_url, r.ca).text == "in /bin/busybox with 0 GPUs\nprepared\n"
+    assert download(files["stderr.txt"].download_url, r.ca).text == "err\n"
+    log = download(files["execution.log"].download_url, r.ca).text
+    assert f"using image {BUSYBOX}, present on the node" in log, log
 
 
 def test_nonzero_exit_fails_job(jobs):

@@ -12,9 +12,11 @@
 //! `tasks/<hash>.json` (one marker per task this node started, holding its last report, until
 //! the server stops listing the task), `mounts/` and `jobs/`.
 //!
-//! Processes cannot be reattached after an agent restart (the process runtime keeps no handle
-//! across one), so the agent stops its tasks when it shuts down, and a task the server still
-//! lists whose marker shows it started is reported failed rather than started twice.
+//! A task the server still lists whose marker shows it started is resumed, never started twice:
+//! containers are found again by their labels and waited for (an agent killed with -9 leaves
+//! them running); host processes cannot be found again (the process runtime keeps no handle
+//! across a restart), so such a task is reported failed. On a clean shutdown the agent stops
+//! its tasks' processes, containers included.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -94,9 +96,10 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.data_dir).map_err(io_error(format!("creating {}", cfg.data_dir.display())))?;
     let server = Server::new(&cfg)?;
     let facts_cfg = cfg.facts.clone();
-    let facts = tokio::task::spawn_blocking(move || facts::discover(&facts_cfg))
+    let mut facts = tokio::task::spawn_blocking(move || facts::discover(&facts_cfg))
         .await
         .map_err(|e| AgentError::Config(format!("discovering the node's facts: {e}")))?;
+    runtime.name().clone_into(&mut facts.runtime);
     let Some(identity) = identity(&cfg, &server, &facts, &mut shutdown).await? else { return Ok(()) };
     let node = NodeContext {
         node_id: identity.node_id.clone(),
@@ -135,6 +138,9 @@ pub async fn run(
                 backoff = BACKOFF_FIRST;
                 if request.facts.is_some() {
                     state.facts_pending = false;
+                }
+                if state.first_answer() {
+                    state.sweep(&response).await;
                 }
                 state.act(response);
             }

@@ -20,10 +20,13 @@ use batchai_core::protocol::{Gpu, TaskAssignment, TaskError, TaskPhase, TaskRepo
 use batchai_core::time::{now_millis, to_rfc3339};
 use tokio::sync::{mpsc, watch};
 
-use crate::runtime::{ContainerSpec, Exit, ProcessSpec, Running, Runtime, RuntimeError};
+use crate::gpus::cuda_env;
+use crate::runtime::{ContainerSpec, Exit, ProcessSpec, RegistryAuth, Running, Runtime, RuntimeError, TaskOwner};
 use crate::setup::{blocking, job_mounts, link_mounts, stopped};
 
 pub const JOB_PREPARATION_FAILED: &str = "JobPreparationFailed";
+pub const IMAGE_PULL_FAILED: &str = "ContainerImagePullFailed";
+pub const RESTARTED: &str = "the node agent restarted while the job was running";
 pub const JOB_PREPARATION_MESSAGE: &str = "Job preparation task failed with non-zero exit code";
 pub const JOB_FAILED: &str = "JobFailed";
 pub const WALL_CLOCK_EXCEEDED: &str = "JobMaxWallClockTimeExceeded";
@@ -53,6 +56,16 @@ impl NodeContext {
     }
 }
 
+/// How this node runs its part of a task, beside the assignment itself.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// The GPUs given to the task (see [`crate::gpus`]).
+    pub gpus: Vec<Gpu>,
+    /// An earlier run of the agent started the task: pick up what it left instead of
+    /// starting it over, or fail it when its processes cannot be found again.
+    pub resume: bool,
+}
+
 /// The job's name: the last segment of its ARM id.
 pub fn job_name(id: &str) -> &str {
     id.rsplit('/').find(|s| !s.is_empty()).unwrap_or(id)
@@ -65,10 +78,11 @@ pub async fn execute(
     node: &NodeContext,
     runtime: &dyn Runtime,
     task: &TaskAssignment,
+    launch: Launch,
     mut stop: watch::Receiver<bool>,
     reports: mpsc::UnboundedSender<TaskReport>,
 ) -> TaskReport {
-    let mut run = Execution { node, runtime, task, reports, log: None, procs: Vec::new() };
+    let mut run = Execution { node, runtime, task, launch, reports, log: None, procs: Vec::new() };
     run.report(TaskPhase::Preparing, None, None);
     let deadline = (task.max_wall_clock_secs > 0)
         .then(|| task.started_at.saturating_add(task.max_wall_clock_secs.saturating_mul(1000)));
@@ -153,6 +167,7 @@ struct Execution<'a> {
     node: &'a NodeContext,
     runtime: &'a dyn Runtime,
     task: &'a TaskAssignment,
+    launch: Launch,
     reports: mpsc::UnboundedSender<TaskReport>,
     /// `execution.log` (rank 0) or `execution-<rank>.log`, once its directory exists.
     log: Option<PathBuf>,
@@ -195,9 +210,46 @@ impl Execution<'_> {
                 return End::failed(JOB_PREPARATION_FAILED, message);
             }
         };
-        if let Some(prep) = &prepared.job_prep {
-            self.log("running job preparation").await;
-            let exit = match self.start(&prepared, prep, false).await {
+        let mut adopted = match self.adopt().await {
+            Ok(adopted) => adopted,
+            Err(end) => return end,
+        };
+        let prep_adopted =
+            adopted.iter().position(|(name, _)| Some(name) == prepared.job_prep.as_ref().map(|p| &p.name));
+        let prep_adopted = prep_adopted.map(|i| adopted.swap_remove(i).1);
+        // Processes past preparation were found: preparation is over.
+        let prepared_before = !adopted.is_empty();
+        if !prepared_before
+            && prep_adopted.is_none()
+            && let Some(container) = self.container("pull")
+        {
+            let credentials =
+                self.task.spec.container_settings.as_ref().and_then(|c| c.image_source_registry.credentials.as_ref());
+            if credentials.is_some_and(|c| c.password.is_none()) {
+                let message = format!(
+                    "cannot pull image {}: its registry password is a Key Vault reference, which this service cannot \
+                     resolve; give the password itself",
+                    container.image
+                );
+                self.log(&message).await;
+                return End::failed(IMAGE_PULL_FAILED, message);
+            }
+            if let Err(e) = self.pull(&container).await {
+                self.log(&format!("{e}")).await;
+                let code =
+                    if matches!(e, RuntimeError::Image { .. }) { IMAGE_PULL_FAILED } else { JOB_PREPARATION_FAILED };
+                return End::failed(code, e.to_string());
+            }
+        }
+        if let Some(prep) = prepared.job_prep.as_ref().filter(|_| !prepared_before) {
+            let started = match prep_adopted {
+                Some(handle) => Ok(self.adopted(&prep.name, handle, false)),
+                None => {
+                    self.log("running job preparation").await;
+                    self.start(&prepared, prep, false).await
+                }
+            };
+            let exit = match started {
                 Ok(i) => self.wait_one(i).await,
                 Err(e) => Err(e),
             };
@@ -220,12 +272,70 @@ impl Execution<'_> {
         }
         self.report(TaskPhase::Running, None, None);
         for process in &prepared.processes {
+            let daemon = process.name.starts_with("ps-");
+            if let Some(i) = adopted.iter().position(|(name, _)| *name == process.name) {
+                let (name, handle) = adopted.swap_remove(i);
+                self.adopted(&name, handle, daemon);
+                continue;
+            }
             self.log(&format!("starting process {}", process.name)).await;
-            if let Err(e) = self.start(&prepared, process, process.name.starts_with("ps-")).await {
+            if let Err(e) = self.start(&prepared, process, daemon).await {
                 return End::failed(JOB_FAILED, e.to_string());
             }
         }
         self.wait_all().await
+    }
+
+    /// When resuming: what the earlier agent started, by process name (empty when it started
+    /// nothing yet). Host processes cannot be found again, so a job without a container fails.
+    async fn adopt(&mut self) -> Result<Vec<(String, Box<dyn Running>)>, End> {
+        if !self.launch.resume {
+            return Ok(Vec::new());
+        }
+        let lost = |reason: String| End::failed(JOB_FAILED, format!("{RESTARTED}: {reason}"));
+        if self.task.spec.container_settings.is_none() {
+            self.log("the node agent restarted; the job's host processes cannot be reattached").await;
+            return Err(lost("its processes ran on the host and cannot be reattached".to_owned()));
+        }
+        match self.runtime.adopt(&self.owner()).await {
+            Ok(found) => {
+                let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
+                self.log(&format!("the node agent restarted; reattached to [{}]", names.join(", "))).await;
+                Ok(found)
+            }
+            Err(e) => {
+                self.log(&format!("the node agent restarted and cannot reattach: {e}")).await;
+                Err(lost(e.to_string()))
+            }
+        }
+    }
+
+    /// Makes the job's image available, its progress going to the execution log.
+    async fn pull(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pull = async move {
+            let result = self.runtime.pull(container, &tx).await;
+            drop(tx);
+            result
+        };
+        let write = async {
+            while let Some(line) = rx.recv().await {
+                self.log(&line).await;
+            }
+        };
+        let (result, ()) = tokio::join!(pull, write);
+        result
+    }
+
+    fn owner(&self) -> TaskOwner {
+        TaskOwner { node: self.node.node_id.clone(), job: self.task.job.clone(), epoch: self.task.epoch }
+    }
+
+    /// Takes over a process an earlier agent started; returns its index in `self.procs`.
+    fn adopted(&mut self, name: &str, handle: Box<dyn Running>, daemon: bool) -> usize {
+        tracing::info!(job.id = %self.task.id, process.name = %name, process.id = %handle.id(), "process reattached");
+        self.procs.push(Proc { name: name.to_owned(), daemon, handle, exit: None });
+        self.procs.len() - 1
     }
 
     async fn prepare(&mut self) -> Result<Prepared, String> {
@@ -239,7 +349,7 @@ impl Execution<'_> {
             output_segment: &task.output_segment,
             rank: task.rank,
             nodes: &task.nodes,
-            gpus: u32::try_from(node.gpus.len()).unwrap_or(u32::MAX),
+            gpus: u32::try_from(self.launch.gpus.len()).unwrap_or(u32::MAX),
             mount_root: &mount_root,
             job_temp_root: &job_temp_root,
             shared_job_temp: &shared_job_temp,
@@ -286,8 +396,13 @@ impl Execution<'_> {
                 }
             }
         }
+        let mut env = env::job_env(&ctx, &paths);
+        if task.spec.container_settings.is_none() {
+            // Containers get theirs as devices; host processes must be told which to use.
+            env.extend(cuda_env(!node.gpus.is_empty(), &self.launch.gpus));
+        }
         Ok(Prepared {
-            env: env::job_env(&ctx, &paths),
+            env,
             processes: toolkit::processes(&ctx, &paths),
             job_prep,
             job_temp: paths.job_temp,
@@ -297,18 +412,26 @@ impl Execution<'_> {
 
     /// The container the job's processes run in, when the job asks for one. Paths are mounted
     /// at the same place inside, so the job's variables hold there too.
-    fn container(&self) -> Option<ContainerSpec> {
+    fn container(&self, process: &str) -> Option<ContainerSpec> {
         let settings = self.task.spec.container_settings.as_ref()?;
+        let registry = &settings.image_source_registry;
         let same = |p: PathBuf| (p.clone(), p);
         Some(ContainerSpec {
-            image: settings.image_source_registry.image.clone(),
-            gpus: self.node.gpus.iter().map(|g| g.uuid.clone()).collect(),
+            image: registry.image.clone(),
+            registry: Some(RegistryAuth {
+                server: registry.server_url.clone(),
+                username: registry.credentials.as_ref().map(|c| c.username.clone()),
+                password: registry.credentials.as_ref().and_then(|c| c.password.clone()),
+            }),
+            gpus: self.launch.gpus.iter().map(|g| g.uuid.clone()).collect(),
             mounts: vec![
                 same(self.node.storage_root.clone()),
                 same(self.node.mount_root()),
                 same(self.node.job_temp_root()),
             ],
             shm_size: settings.shm_size.clone(),
+            owner: self.owner(),
+            process: process.to_owned(),
         })
     }
 
@@ -323,7 +446,7 @@ impl Execution<'_> {
             cwd: prepared.job_temp.clone(),
             stdout: prepared.stdouterr.join(&process.stdout),
             stderr: prepared.stdouterr.join(&process.stderr),
-            container: self.container(),
+            container: self.container(&process.name),
         };
         let handle = self.runtime.start(spec).await.inspect_err(|e| {
             tracing::warn!(job.id = %self.task.id, process.name = %process.name, error = %e, "cannot start process");

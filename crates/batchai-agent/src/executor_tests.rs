@@ -57,7 +57,8 @@ impl Run {
         let (tx, reports) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let (node, runtime): (NodeContext, Arc<dyn Runtime>) = (node.clone(), Arc::new(fake.clone()));
-        let done = tokio::spawn(async move { execute(&node, runtime.as_ref(), &task, stop_rx, tx).await });
+        let done =
+            tokio::spawn(async move { execute(&node, runtime.as_ref(), &task, Launch::default(), stop_rx, tx).await });
         Run { reports, stop, done }
     }
 

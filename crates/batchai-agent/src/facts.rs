@@ -56,6 +56,8 @@ pub fn discover(cfg: &FactsConfig) -> NodeFacts {
         gpus: gpus(cfg),
         vm_sizes: cfg.vm_sizes.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        // Filled in by the agent, which knows its runtime.
+        runtime: String::new(),
     }
 }
 

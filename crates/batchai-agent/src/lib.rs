@@ -4,8 +4,9 @@
 //!
 //! - [`runtime`]: how a job's processes are started, waited for and stopped. [`runtime::Runtime`]
 //!   is the seam: [`runtime::ProcessRuntime`] runs `bash -c` in its own process group on the
-//!   host; a Docker runtime (image, GPUs, mounts, reattach after an agent restart) fits next to
-//!   it; [`runtime::FakeRuntime`] scripts outcomes for tests of the logic above it.
+//!   host; [`runtime::DockerRuntime`] runs containers (images, GPUs, mounts, reattach after an
+//!   agent restart); [`runtime::FakeRuntime`] scripts outcomes for tests of the logic above it.
+//! - [`gpus`]: which of the node's GPUs each task gets.
 //! - [`facts`]: what this machine is and has (hostname, cores, memory, GPUs via `nvidia-smi`),
 //!   reported to the server as [`batchai_core::protocol::NodeFacts`].
 //! - [`agent`]: joining the server and the sync loop ([`agent::run`] is the entry point).
@@ -15,5 +16,6 @@
 pub mod agent;
 pub mod executor;
 pub mod facts;
+pub mod gpus;
 pub mod runtime;
 pub mod setup;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use batchai_agent::executor::{NodeContext, execute};
+use batchai_agent::executor::{Launch, NodeContext, execute};
 use batchai_agent::runtime::ProcessRuntime;
 use batchai_agent::setup::{SetupContext, prepare};
 use batchai_core::models::{ClusterSpec, JobSpec};
@@ -89,7 +89,7 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
     };
     let (tx, mut reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
-    let end = tokio::time::timeout(GUARD, execute(&node, &runtime, &task, stop, tx)).await.unwrap();
+    let end = tokio::time::timeout(GUARD, execute(&node, &runtime, &task, Launch::default(), stop, tx)).await.unwrap();
     assert_eq!((end.phase, end.exit_code, end.error), (TaskPhase::Exited, Some(0), None));
     let mut phases = Vec::new();
     while let Ok(r) = reports.try_recv() {
@@ -141,6 +141,8 @@ async fn a_failing_command_reports_its_exit_code() {
     };
     let (tx, _reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
-    let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, stop, tx)).await.unwrap();
+    let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, Launch::default(), stop, tx))
+        .await
+        .unwrap();
     assert_eq!((end.exit_code, end.error), (Some(1), None));
 }

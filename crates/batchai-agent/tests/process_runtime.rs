@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use batchai_agent::runtime::{ContainerSpec, Exit, ProcessRuntime, ProcessSpec, Runtime, RuntimeError};
+use batchai_agent::runtime::{ContainerSpec, Exit, ProcessRuntime, ProcessSpec, Runtime, RuntimeError, TaskOwner};
 use nix::sys::stat::Mode;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
@@ -227,6 +227,9 @@ async fn container_spec_is_unsupported() {
         gpus: vec!["GPU-1234".to_owned()],
         mounts: vec![(dir.path().to_owned(), PathBuf::from("/mnt"))],
         shm_size: Some("8g".to_owned()),
+        registry: None,
+        owner: TaskOwner { node: "n".to_owned(), job: "j".to_owned(), epoch: 1 },
+        process: "main".to_owned(),
     });
     let runtime = ProcessRuntime::new();
     assert_eq!(runtime.name(), "process");

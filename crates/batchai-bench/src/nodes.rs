@@ -113,6 +113,7 @@ fn facts(i: usize) -> NodeFacts {
         gpus: vec![Gpu { index: 0, uuid: format!("GPU-sim-{i:05}"), model: "Tesla K80".into(), memory_mb: 11441 }],
         vm_sizes: vec!["STANDARD_NC6".into()],
         agent_version: "bench-sim".into(),
+        runtime: "simulated".into(),
     }
 }
 

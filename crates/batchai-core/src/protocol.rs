@@ -27,6 +27,10 @@ pub struct NodeFacts {
     /// VM sizes this node serves, as configured; `*` serves every size.
     pub vm_sizes: Vec<String>,
     pub agent_version: String,
+    /// How the agent runs jobs: `docker` (containers, and host processes for jobs without
+    /// `containerSettings`) or `process` (host processes only).
+    #[serde(default)]
+    pub runtime: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

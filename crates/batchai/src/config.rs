@@ -62,6 +62,16 @@ pub struct Config {
     pub vm_sizes: Vec<String>,
     /// `batchai agent`: SIGTERM-to-SIGKILL grace when stopping a job.
     pub stop_grace_secs: u64,
+    /// `batchai agent`: how jobs run. `auto` (default) uses Docker when an engine answers
+    /// (`DOCKER_HOST` or the local socket), else host processes only; `docker` requires it;
+    /// `process` never uses it (jobs with `containerSettings` then fail on this node).
+    pub runtime: String,
+    /// `batchai agent`: Docker network mode of job containers: `host` (default: jobs get the
+    /// node's address) or `container:<name>` when the agent itself runs in a container.
+    pub docker_network: String,
+    /// `batchai agent`: image redirections (TOML `[[image_map]]` tables: `pattern`, `image`),
+    /// first match wins; a trailing `*` in both carries the rest of the name over.
+    pub image_map: Vec<ImageMapping>,
     /// VM sizes of the operator's own machines, beside Azure's catalogue (TOML
     /// `[[custom_vm_sizes]]` tables: name, family, cores, memory_mib, gpus).
     pub custom_vm_sizes: Vec<batchai_core::vm_sizes::CustomSize>,
@@ -96,9 +106,19 @@ impl Default for Config {
             ssh_port: 22,
             vm_sizes: Vec::new(),
             stop_grace_secs: 10,
+            runtime: "auto".into(),
+            docker_network: "host".into(),
+            image_map: Vec::new(),
             custom_vm_sizes: Vec::new(),
         }
     }
+}
+
+/// One `[[image_map]]` entry: jobs asking for `pattern` run `image` instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageMapping {
+    pub pattern: String,
+    pub image: String,
 }
 
 /// Flags that override the other layers; unset flags leave them alone.
@@ -162,6 +182,10 @@ pub struct AgentOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_root: Option<PathBuf>,
+    /// How jobs run: auto (Docker when available), docker or process.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 impl Config {
@@ -203,6 +227,9 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be 'text' or 'json', not '{}'", self.log_format);
+        }
+        if !matches!(self.runtime.as_str(), "auto" | "docker" | "process") {
+            bail!("runtime must be 'auto', 'docker' or 'process', not '{}'", self.runtime);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key must be given together");
@@ -264,6 +291,16 @@ impl Config {
             sync_wait: Duration::from_millis(self.agent_max_wait_ms),
             stop_grace: Duration::from_secs(self.stop_grace_secs),
         })
+    }
+
+    /// How the agent's job containers run.
+    pub fn docker_config(&self) -> batchai_agent::runtime::DockerConfig {
+        batchai_agent::runtime::DockerConfig {
+            image_map: batchai_agent::runtime::ImageMap(
+                self.image_map.iter().map(|m| (m.pattern.clone(), m.image.clone())).collect(),
+            ),
+            network: self.docker_network.clone(),
+        }
     }
 }
 
@@ -342,6 +379,35 @@ mod tests {
                 bare.agent_config(PathBuf::from("n")).map(|_| ()).map_err(|e| e.to_string()),
                 Err("the agent needs --server (or BATCHAI_SERVER_URL)".to_string())
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_runtime_and_image_map_come_from_the_file_env_and_flags() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                "runtime = \"docker\"\ndocker_network = \"container:agent-1\"\n\
+                 [[image_map]]\npattern = \"microsoft/cntk:*\"\nimage = \"batchai/busybox:latest\"\n\
+                 [[image_map]]\npattern = \"*\"\nimage = \"mirror.local/*\"\n",
+            )?;
+            let cfg = Config::load(&flags(Some("agent.toml"), None), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.runtime, "docker");
+            let docker = cfg.docker_config();
+            assert_eq!(docker.network, "container:agent-1");
+            assert_eq!(docker.image_map.resolve("microsoft/cntk:2.1"), "batchai/busybox:latest");
+            assert_eq!(docker.image_map.resolve("ubuntu:18.04"), "mirror.local/ubuntu:18.04");
+            let bare = Config::load(&flags(None, None), None).map_err(|e| e.to_string())?;
+            assert_eq!((bare.runtime.as_str(), bare.docker_network.as_str()), ("auto", "host"));
+            jail.set_env("BATCHAI_RUNTIME", "process");
+            let agent = AgentOverrides { runtime: Some("auto".into()), ..Default::default() };
+            let cfg =
+                Config::load_with(&flags(Some("agent.toml"), None), None, Some(&agent)).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.runtime, "auto", "the flag beats env and file");
+            jail.set_env("BATCHAI_RUNTIME", "podman");
+            let err = Config::load(&flags(None, None), None).unwrap_err().to_string();
+            assert!(err.contains("'auto', 'docker' or 'process'"), "{err}");
             Ok(())
         });
     }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod config;
+mod node_runtime;
 mod server;
 mod tls;
 
@@ -72,8 +73,7 @@ fn main() -> anyhow::Result<()> {
             let agent_cfg = cfg.agent_config(cfg.data_dir.clone())?;
             runtime.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                let runtime: std::sync::Arc<dyn batchai_agent::runtime::Runtime> =
-                    std::sync::Arc::new(batchai_agent::runtime::ProcessRuntime::new());
+                let runtime = node_runtime::pick(&cfg).await?;
                 let mut agent = tokio::spawn(batchai_agent::agent::run(agent_cfg, runtime, stop_rx));
                 tokio::select! {
                     res = &mut agent => res?.map_err(anyhow::Error::from),

@@ -135,8 +135,11 @@ async fn start_dev_agent(
         agent_cfg.join_token = Some(token);
     }
     let agent_cfg = agent_cfg.agent_config(agent_dir)?;
-    let runtime: std::sync::Arc<dyn batchai_agent::runtime::Runtime> =
-        std::sync::Arc::new(batchai_agent::runtime::ProcessRuntime::new());
+    let runtime = crate::node_runtime::pick(cfg).await?;
+    let runs = match runtime.name() {
+        "docker" => "jobs with containerSettings run in Docker, the others on this machine",
+        _ => "jobs run on this machine (no Docker: jobs with containerSettings fail)",
+    };
     let task = tokio::spawn(async move {
         if let Err(e) = batchai_agent::agent::run(agent_cfg, runtime, stop).await {
             tracing::error!(error = %e, "the local agent stopped");
@@ -146,7 +149,10 @@ async fn start_dev_agent(
         .context("reading bootstrap.env (the dev data dir was not created by `batchai dev`?)")?;
     let path = data_dir.join("dev.env");
     write_private(&path, &bootstrap)?;
-    println!("batchai dev: a local agent serves every VM size; job files live in {}", cfg.storage_root().display());
+    println!(
+        "batchai dev: a local agent serves every VM size; {runs}; job files live in {}",
+        cfg.storage_root().display()
+    );
     println!("client settings: source {}", path.display());
     Ok(task)
 }

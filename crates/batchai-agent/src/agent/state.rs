@@ -15,11 +15,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::executor::{self, JOB_FAILED, NodeContext};
-use crate::runtime::Runtime;
+use crate::executor::{self, JOB_FAILED, Launch, NodeContext};
+use crate::gpus::{GpuPool, TaskKey, Want};
+use crate::runtime::{Runtime, TaskOwner};
 use crate::setup::{self, SetupContext};
-
-const RESTARTED: &str = "the node agent restarted while the job was running";
 
 /// Writes `path` atomically.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -27,8 +26,6 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
-
-type TaskKey = (String, i64);
 
 /// The receiving ends of what runs in the background, kept apart from [`State`] so the sync
 /// loop can wait on them while it borrows the state.
@@ -109,6 +106,7 @@ pub(super) struct State {
     /// Something new to report: sync without waiting.
     pub(super) urgent: bool,
     tasks: BTreeMap<TaskKey, TaskEntry>,
+    gpus: GpuPool,
     /// Markers left by a previous run, settled by the first answer.
     previous: Option<HashMap<TaskKey, TaskReport>>,
     setup: SetupState,
@@ -124,6 +122,7 @@ impl State {
         let state = Self {
             previous: Some(load_markers(&node.data_dir.join("tasks"))),
             setup: SetupState { done, ..SetupState::default() },
+            gpus: GpuPool::new(node.gpus.clone()),
             node: Arc::new(node),
             runtime,
             facts,
@@ -185,12 +184,14 @@ impl State {
         }
         entry.stop = None;
         entry.handle = None;
+        self.gpus.release(&key);
         if entry.listed {
             let report = entry.report.clone();
             self.save_marker(&report);
         } else {
             self.tasks.remove(&key);
             self.remove_marker(&key);
+            self.forget(key);
         }
         self.urgent = true;
         true
@@ -217,25 +218,53 @@ impl State {
         changed
     }
 
+    /// Whether the next answer is the first since the agent started.
+    pub(super) fn first_answer(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Before acting on the first answer: stops and removes what an earlier run of the agent
+    /// left running for tasks the server no longer lists (deleted, terminated or moved to
+    /// other nodes while the agent was down), so it holds no GPU the new tasks get.
+    pub(super) async fn sweep(&self, response: &SyncResponse) {
+        let keep: Vec<TaskKey> = response.tasks.iter().map(|t| (t.job.clone(), t.epoch)).collect();
+        if let Err(e) = self.runtime.sweep(&self.node.node_id, &keep, self.node.stop_grace).await {
+            tracing::warn!(error = %e, "cannot clean up what an earlier run of the agent left");
+        }
+    }
+
+    fn owner(&self, key: &TaskKey) -> TaskOwner {
+        TaskOwner { node: self.node.node_id.clone(), job: key.0.clone(), epoch: key.1 }
+    }
+
+    /// Drops what the runtime kept of a task whose outcome the server has.
+    fn forget(&self, key: TaskKey) {
+        let (runtime, owner) = (self.runtime.clone(), self.owner(&key));
+        tokio::spawn(async move {
+            if let Err(e) = runtime.forget(&owner).await {
+                tracing::warn!(job.id = %owner.job, epoch = owner.epoch, error = %e, "cannot clean up after a task");
+            }
+        });
+    }
+
     /// Carries out an answer of the server.
     pub(super) fn act(&mut self, response: SyncResponse) {
         self.set_cluster(response.cluster);
         let listed: BTreeMap<TaskKey, TaskAssignment> =
             response.tasks.into_iter().map(|t| ((t.job.clone(), t.epoch), t)).collect();
         for (key, report) in self.previous.take().unwrap_or_default() {
-            if !listed.contains_key(&key) {
+            let Some(assignment) = listed.get(&key) else {
                 self.remove_marker(&key);
+                self.forget(key);
                 continue;
-            }
-            let report = if report.phase == TaskPhase::Exited {
-                report
-            } else {
-                tracing::warn!(job.id = %key.0, "task was running when the agent stopped; reporting it failed");
-                let error = TaskError { code: JOB_FAILED.to_owned(), message: RESTARTED.to_owned() };
-                TaskReport { phase: TaskPhase::Exited, exit_code: None, error: Some(error), ..report }
             };
-            self.save_marker(&report);
-            self.tasks.insert(key, TaskEntry::finished(report));
+            if report.phase == TaskPhase::Exited {
+                self.tasks.insert(key, TaskEntry::finished(report));
+            } else {
+                tracing::info!(job.id = %key.0, epoch = key.1, "task was running when the agent stopped; resuming it");
+                let assignment = assignment.clone();
+                self.start_task(key, assignment, true);
+            }
             self.urgent = true;
         }
         let mut acknowledged = Vec::new();
@@ -257,6 +286,7 @@ impl State {
         for key in acknowledged {
             self.tasks.remove(&key);
             self.remove_marker(&key);
+            self.forget(key);
         }
         // A task stopped because it is no longer listed may still hold the GPUs.
         let busy = self.tasks.values().any(|t| !t.listed);
@@ -276,24 +306,35 @@ impl State {
                 self.tasks.insert(key, TaskEntry::finished(report));
                 self.urgent = true;
             } else if !busy {
-                self.start_task(key, assignment);
+                self.start_task(key, assignment, false);
             }
         }
         self.known = Some(response.version);
     }
 
-    fn start_task(&mut self, key: TaskKey, assignment: TaskAssignment) {
-        tracing::info!(job.id = %assignment.id, epoch = assignment.epoch, rank = assignment.rank, "starting task");
+    /// Starts (or, with `resume`, picks up) a task; leaves it for a later answer while another
+    /// task still holds the node's GPUs.
+    fn start_task(&mut self, key: TaskKey, assignment: TaskAssignment, resume: bool) {
+        let gpus = match self.gpus.allocate(&key, Want::Whole) {
+            Ok(gpus) => gpus,
+            Err(e) => {
+                tracing::info!(job.id = %assignment.id, error = %e, "task waits for GPUs");
+                return;
+            }
+        };
+        tracing::info!(job.id = %assignment.id, epoch = assignment.epoch, rank = assignment.rank, gpus = gpus.len(), resume, "starting task");
         let report =
             TaskReport { job: key.0.clone(), epoch: key.1, phase: TaskPhase::Preparing, exit_code: None, error: None };
         self.save_marker(&report);
+        let launch = Launch { gpus, resume };
         let (stop, stop_rx) = watch::channel(false);
         let (node, runtime, reports) = (self.node.clone(), self.runtime.clone(), self.task_reports.clone());
         let handle = tokio::spawn(async move {
             let (job, epoch) = (assignment.job.clone(), assignment.epoch);
             let tx = reports.clone();
-            let run =
-                tokio::spawn(async move { executor::execute(&node, runtime.as_ref(), &assignment, stop_rx, tx).await });
+            let run = tokio::spawn(async move {
+                executor::execute(&node, runtime.as_ref(), &assignment, launch, stop_rx, tx).await
+            });
             if let Err(e) = run.await {
                 tracing::error!(job.id = %job, error = %e, "task executor failed");
                 let error = TaskError { code: JOB_FAILED.to_owned(), message: format!("the node agent failed: {e}") };

@@ -6,8 +6,9 @@ use serde_json::json;
 
 use super::*;
 use crate::agent::DEFAULT_SYNC_WAIT;
+use crate::executor::RESTARTED;
 use crate::executor::tests::{GRACE, node, task};
-use crate::runtime::{Exit, FakeRuntime, Script};
+use crate::runtime::{ContainerSpec, Exit, FakeRuntime, Script};
 
 fn state(dir: &Path, fake: &FakeRuntime) -> (State, Events) {
     State::new(node(dir), Arc::new(fake.clone()), NodeFacts { hostname: "h".into(), ..NodeFacts::default() })
@@ -119,7 +120,7 @@ async fn a_listed_task_with_stop_is_stopped_and_reported_exited() {
 }
 
 #[tokio::test]
-async fn after_a_restart_a_started_task_is_reported_failed_and_an_exited_one_resent() {
+async fn after_a_restart_a_started_host_task_is_reported_failed_and_an_exited_one_resent() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeRuntime::new();
     let (running, mut exited, mut gone) = (custom("a"), custom("b"), custom("c"));
@@ -127,27 +128,69 @@ async fn after_a_restart_a_started_task_is_reported_failed_and_an_exited_one_res
     gone.epoch = 3;
     {
         let (before, _events) = state(dir.path(), &fake);
-        let report = |t: &TaskAssignment, phase, exit_code| TaskReport {
-            job: t.job.clone(),
-            epoch: t.epoch,
-            phase,
-            exit_code,
-            error: None,
-        };
         before.save_marker(&report(&running, TaskPhase::Running, None));
         before.save_marker(&report(&exited, TaskPhase::Exited, Some(7)));
         before.save_marker(&report(&gone, TaskPhase::Running, None));
     }
-    let (mut state, _events) = state(dir.path(), &fake);
+    let (mut state, mut events) = state(dir.path(), &fake);
     state.act(answer("v1", None, vec![running.clone(), exited.clone()]));
+    until(&mut state, &mut events, |s| phase_of(s, &running) == Some(TaskPhase::Exited)).await;
     assert!(fake.started().is_empty(), "nothing is started twice");
     let reports = state.request(Duration::ZERO).tasks;
     let find = |t: &TaskAssignment| reports.iter().find(|r| r.epoch == t.epoch).unwrap().clone();
     let failed = find(&running);
     assert_eq!((failed.phase, failed.exit_code), (TaskPhase::Exited, None));
-    assert_eq!(failed.error, Some(TaskError { code: JOB_FAILED.into(), message: RESTARTED.into() }));
+    let error = failed.error.unwrap();
+    assert_eq!(error.code, JOB_FAILED);
+    assert!(error.message.starts_with(RESTARTED), "{}", error.message);
     assert_eq!((find(&exited).exit_code, find(&exited).error), (Some(7), None));
     assert!(!state.marker(&key(&gone)).exists(), "a marker the server no longer lists is dropped");
+}
+
+fn report(t: &TaskAssignment, phase: TaskPhase, exit_code: Option<i32>) -> TaskReport {
+    TaskReport { job: t.job.clone(), epoch: t.epoch, phase, exit_code, error: None }
+}
+
+#[tokio::test]
+async fn after_a_restart_a_container_task_is_reattached_and_reports_its_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeRuntime::new();
+    let t = task(json!({"customToolkitSettings": {"commandLine": "train"},
+        "containerSettings": {"imageSourceRegistry": {"image": "busybox"}}}));
+    // What the killed agent left: its marker and the container it had started.
+    {
+        let (before, _events) = state(dir.path(), &fake);
+        before.save_marker(&report(&t, TaskPhase::Running, None));
+    }
+    let owner = TaskOwner { node: "node-1".into(), job: t.job.clone(), epoch: t.epoch };
+    let container = ContainerSpec {
+        image: "busybox".into(),
+        registry: None,
+        gpus: Vec::new(),
+        mounts: Vec::new(),
+        shm_size: None,
+        owner,
+        process: "main".into(),
+    };
+    let spec = crate::runtime::ProcessSpec {
+        name: "job1/main".into(),
+        command: "train".into(),
+        env: Vec::new(),
+        cwd: dir.path().to_owned(),
+        stdout: dir.path().join("stdout.txt"),
+        stderr: dir.path().join("stderr.txt"),
+        container: Some(container),
+    };
+    let _left = fake.start(spec).await.unwrap();
+
+    let (mut state, mut events) = state(dir.path(), &fake);
+    state.act(answer("v1", None, vec![t.clone()]));
+    until(&mut state, &mut events, |s| phase_of(s, &t) == Some(TaskPhase::Running)).await;
+    assert_eq!(fake.finish("train", Exit::Code(3)), 1);
+    until(&mut state, &mut events, |s| phase_of(s, &t) == Some(TaskPhase::Exited)).await;
+    let reported = state.request(Duration::ZERO).tasks;
+    assert_eq!((reported[0].exit_code, reported[0].error.clone()), (Some(3), None));
+    assert_eq!(fake.started().len(), 1, "nothing is started twice");
 }
 
 fn cluster(epoch: i64, setup: serde_json::Value) -> ClusterAssignment {

@@ -5,15 +5,19 @@
 //! runs until it is stopped or [`FakeRuntime::finish`]ed. Tests await what they expect to
 //! happen ([`FakeRuntime::wait_started`], [`FakeRuntime::wait_until`]) instead of sleeping: the
 //! record is a `watch` channel, so every change wakes the waiters.
+//!
+//! Like Docker, it keeps container processes across "agent restarts": a new agent handed a clone
+//! of the runtime [adopts](Runtime::adopt) the container processes of a task, running or not.
+//! Images are always "present": [`Runtime::pull`] succeeds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use super::{Exit, ProcessSpec, Running, Runtime, RuntimeError};
+use super::{ContainerSpec, Exit, ProcessSpec, Running, Runtime, RuntimeError, TaskOwner};
 
 /// How a started process behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +151,26 @@ impl Runtime for FakeRuntime {
             started.push(StartedProcess { id: id.clone(), spec, exit, stops: Vec::new() });
         });
         Ok(Box::new(FakeRunning { inner: Arc::clone(&self.inner), index, id }))
+    }
+
+    async fn pull(
+        &self,
+        container: &ContainerSpec,
+        progress: &mpsc::UnboundedSender<String>,
+    ) -> Result<(), RuntimeError> {
+        let _ = progress.send(format!("using image {}", container.image));
+        Ok(())
+    }
+
+    async fn adopt(&self, task: &TaskOwner) -> Result<Vec<(String, Box<dyn Running>)>, RuntimeError> {
+        let started = self.started();
+        let owned = started.iter().enumerate().filter_map(|(index, p)| {
+            let container = p.spec.container.as_ref().filter(|c| c.owner == *task)?;
+            let running: Box<dyn Running> =
+                Box::new(FakeRunning { inner: Arc::clone(&self.inner), index, id: p.id.clone() });
+            Some((container.process.clone(), running))
+        });
+        Ok(owned.collect())
     }
 }
 

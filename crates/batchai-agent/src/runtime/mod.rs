@@ -1,14 +1,16 @@
 //! The runtime abstraction: start a job's process, wait for it, stop it.
 //!
 //! A [`Runtime`] turns a [`ProcessSpec`] into a [`Running`] handle. The executor only talks to
-//! these traits, so the same job logic drives plain host processes ([`ProcessRuntime`]), a
-//! container runtime (the spec's [`ContainerSpec`]; a Docker implementation can be added beside
-//! the process one) and the scripted [`FakeRuntime`] of its tests.
+//! these traits, so the same job logic drives plain host processes ([`ProcessRuntime`]),
+//! containers ([`DockerRuntime`], which runs container-less specs as host processes) and the
+//! scripted [`FakeRuntime`] of its tests.
 //!
 //! Output goes to files, never to pipes held by the agent: the job's stdout/stderr are visible
 //! in the output share while it runs, and a process outlives an agent restart without blocking
-//! on a pipe nobody reads.
+//! on a pipe nobody reads. That is also what makes reattaching cheap: a restarted agent has no
+//! log stream to resume, only exits to wait for.
 
+mod docker;
 mod fake;
 mod process;
 
@@ -16,7 +18,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
+pub use docker::{DockerConfig, DockerRunning, DockerRuntime, ImageMap};
 pub use fake::{FakeRuntime, Script, StartedProcess};
 pub use process::{ProcessRunning, ProcessRuntime};
 
@@ -42,13 +46,46 @@ pub struct ProcessSpec {
 /// The container a process runs in, for runtimes that have containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
+    /// As the job names it; the runtime may redirect it (an operator's image map).
     pub image: String,
+    pub registry: Option<RegistryAuth>,
     /// UUIDs of the GPUs the container may see (as [`batchai_core::protocol::Gpu::uuid`]).
     pub gpus: Vec<String>,
     /// `(host path, container path)` bind mounts.
     pub mounts: Vec<(PathBuf, PathBuf)>,
     /// Docker's `--shm-size` syntax, e.g. `8g`; `None` keeps the runtime's default.
     pub shm_size: Option<String>,
+    /// Whose process it is, so a restarted agent can find it again.
+    pub owner: TaskOwner,
+    /// The process's name within its task, e.g. `rank-0` or `jobprep`.
+    pub process: String,
+}
+
+/// Where and with which credentials to pull an image. No `Debug`: it holds the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// e.g. `myregistry.azurecr.io`; `None` for Docker Hub.
+    pub server: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// One node's part of one attempt of a job: what runtimes label their containers with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskOwner {
+    pub node: String,
+    pub job: String,
+    pub epoch: i64,
 }
 
 /// How a process ended.
@@ -83,6 +120,42 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Starts the process and returns as soon as it runs; does not wait for it to end.
     async fn start(&self, spec: ProcessSpec) -> Result<Box<dyn Running>, RuntimeError>;
+
+    /// Makes the container's image available on the node, pulling it when missing; says what it
+    /// does, in lines fit for the job's `execution.log`, on `progress`.
+    async fn pull(
+        &self,
+        container: &ContainerSpec,
+        progress: &mpsc::UnboundedSender<String>,
+    ) -> Result<(), RuntimeError> {
+        let _ = progress;
+        Err(RuntimeError::Unsupported(format!(
+            "image {}: the {} runtime cannot run containers (is Docker installed and running on this node?)",
+            container.image,
+            self.name()
+        )))
+    }
+
+    /// What an earlier run of the agent started for `task` and this runtime can still wait
+    /// for and stop, by process name. Processes already ended are included (their exit is
+    /// kept until [`Runtime::forget`]). `Unsupported` when this runtime keeps nothing across
+    /// agent restarts.
+    async fn adopt(&self, task: &TaskOwner) -> Result<Vec<(String, Box<dyn Running>)>, RuntimeError> {
+        Err(RuntimeError::Unsupported(format!("the {} runtime cannot reattach to {}", self.name(), task.job)))
+    }
+
+    /// Drops what the runtime kept of `task` once its outcome is safe with the server.
+    async fn forget(&self, task: &TaskOwner) -> Result<(), RuntimeError> {
+        let _ = task;
+        Ok(())
+    }
+
+    /// Stops (with `grace`) and removes everything of `node` that belongs to none of `keep`:
+    /// what an earlier agent left of jobs deleted or moved elsewhere meanwhile.
+    async fn sweep(&self, node: &str, keep: &[(String, i64)], grace: Duration) -> Result<(), RuntimeError> {
+        let _ = (node, keep, grace);
+        Ok(())
+    }
 }
 
 /// A started process. Dropping the handle leaves the process running: only [`Running::stop`]
@@ -125,4 +198,10 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// The image is neither on the node nor could be pulled.
+    #[error("cannot pull image {image}: {message}")]
+    Image { image: String, message: String },
+    /// The container engine refused or failed a request.
+    #[error("{context}: {message}")]
+    Engine { context: String, message: String },
 }

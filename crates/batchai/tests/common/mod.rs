@@ -332,6 +332,28 @@ impl Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the agent again on its data dir (it has joined: no token), after a [`Agent::kill`].
+    pub fn restart(&mut self, server: &Server, env: &[(String, String)]) {
+        self.child = Self::spawn(&server.http, &self.data_dir, None, env);
+        self.child.stdin.take();
+    }
+
+    /// The node id it joined as, once it has.
+    pub fn node_id(&self) -> Option<String> {
+        let saved: Value = serde_json::from_slice(&std::fs::read(self.data_dir.join("node.json")).ok()?).ok()?;
+        saved["node_id"].as_str().map(str::to_owned)
+    }
+
+    /// Ids of the Docker containers of its node, every state (`docker ps -a` by label).
+    pub fn containers(&self) -> Vec<String> {
+        let Some(node) = self.node_id() else { return Vec::new() };
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.batchai.node={node}")])
+            .output()
+            .expect("docker ps");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+    }
 }
 
 impl Drop for Agent {
@@ -344,11 +366,16 @@ impl Drop for Agent {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             while std::time::Instant::now() < deadline {
                 if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
+                    break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         }
         self.kill();
+        // Containers of a test that failed midway would outlive it on the shared engine.
+        let leftovers = self.containers();
+        if !leftovers.is_empty() {
+            let _ = Command::new("docker").args(["rm", "-f"]).args(&leftovers).output();
+        }
     }
 }
