@@ -9,6 +9,8 @@
 //! - `trivial`: a real server and `--agents` real `batchai agent` processes running `true`:
 //!   lone-job latency and batch throughput.
 //! - `agent-rss`: one real agent's resident memory while idle.
+//! - `container`: a trivial job in a Docker container against `docker run` of the same image
+//!   (needs Docker and `scripts/build-images.sh`).
 //!
 //! ```sh
 //! cargo build --release -p batchai
@@ -40,6 +42,7 @@ enum Scenario {
     Heartbeat,
     Trivial,
     AgentRss,
+    Container,
 }
 
 #[derive(Parser)]
@@ -74,7 +77,7 @@ pub struct Args {
     /// trivial: real agent processes.
     #[arg(long, default_value_t = 8)]
     agents: usize,
-    /// trivial: sequential lone jobs for the latency figure.
+    /// trivial, container: sequential lone jobs for the latency figure.
     #[arg(long, default_value_t = 20)]
     lone: usize,
     /// placement: queue every job while the cluster has no nodes, then resize it, so the
@@ -134,5 +137,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Heartbeat => scenarios::heartbeat::run(&args).await,
         Scenario::Trivial => scenarios::trivial::run(&args).await,
         Scenario::AgentRss => scenarios::trivial::agent_rss(&args).await,
+        Scenario::Container => scenarios::container::run(&args).await,
     }
 }

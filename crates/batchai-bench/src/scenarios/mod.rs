@@ -1,5 +1,6 @@
 //! One module per measurement; each prints its results as a markdown table.
 
+pub mod container;
 pub mod control_plane;
 pub mod heartbeat;
 pub mod placement;

@@ -24,14 +24,14 @@ use crate::server::{AgentProc, ServerProc, batchai_bin};
 use crate::stats::{CpuWindow, cpu_secs, machine_note, ms, pct, run_clients, status_mib};
 
 /// A server with `agents` agents joined and idle in cluster `c`.
-struct Setup {
-    server: ServerProc,
-    api: Api,
-    agents: Vec<AgentProc>,
+pub(super) struct Setup {
+    pub(super) server: ServerProc,
+    pub(super) api: Api,
+    pub(super) agents: Vec<AgentProc>,
     _tmp: Option<tempfile::TempDir>,
 }
 
-async fn setup(args: &Args, agents: usize, clients: usize) -> anyhow::Result<Setup> {
+pub(super) async fn setup(args: &Args, agents: usize, clients: usize) -> anyhow::Result<Setup> {
     let bin = batchai_bin(args.batchai_bin.as_deref())?;
     let (work, tmp) = work_dir(args.work_dir.as_deref())?;
     let server = ServerProc::start(&bin, &work, args.pg_admin()?, &server_env(args)).await?;
