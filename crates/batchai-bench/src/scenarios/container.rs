@@ -63,7 +63,11 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     server.sort();
     docker.sort();
     let ratio = |q: f64| pct(&job, q).as_secs_f64() / pct(&docker, q).as_secs_f64().max(1e-9);
-    println!("container: backend {}, one agent (Docker runtime), `true` in {IMAGE}; {}", args.backend(), super::code_note());
+    println!(
+        "container: backend {}, one agent (Docker runtime), `true` in {IMAGE}; {}",
+        args.backend(),
+        super::code_note()
+    );
     println!("| metric ({} rounds) | p50 | p90 | max |", job.len());
     println!("|---|---|---|---|");
     println!(

@@ -84,7 +84,6 @@ impl Server {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
             .env_remove("BATCHAI_DATABASE_URL")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -94,6 +93,10 @@ impl Server {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        // BATCHAI_LISTEN serves HTTPS beyond loopback (agents in containers).
+        if !env.iter().any(|(k, _)| k == "BATCHAI_LISTEN") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
         }
         // A fixed port (BATCHAI_HTTP_LISTEN) lets agents find a restarted server.
         if !env.iter().any(|(k, _)| k == "BATCHAI_HTTP_LISTEN") {
