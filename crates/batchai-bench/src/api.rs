@@ -108,6 +108,22 @@ pub fn job_body(command: &str) -> Value {
         "customToolkitSettings": {"commandLine": command}}})
 }
 
+/// PUTs job `path` and polls it every 2 ms until it ended; returns the time from sending the
+/// PUT to the GET that saw the end, and that last body. Fails after 60 s or if it failed.
+pub async fn run_lone(api: &Api, path: &str, body: &Value) -> anyhow::Result<(Duration, Value)> {
+    let started = std::time::Instant::now();
+    api.put(path, body).await?;
+    loop {
+        let job = api.get(path).await?;
+        match job["properties"]["executionState"].as_str() {
+            Some("succeeded") => return Ok((started.elapsed(), job)),
+            Some("failed") => bail!("job {path} failed: {}", job["properties"]["executionInfo"]),
+            _ if started.elapsed() > Duration::from_secs(60) => bail!("job {path} did not end in 60 s: {job}"),
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
 /// Waits until cluster `c` reports `idle` idle nodes; fails after `limit`.
 pub async fn wait_idle(api: &Api, idle: usize, limit: Duration) -> anyhow::Result<()> {
     let started = std::time::Instant::now();

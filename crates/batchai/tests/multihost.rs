@@ -206,12 +206,23 @@ fn two_ranks(script: &str) -> serde_json::Value {
     )
 }
 
-/// A script whose first attempt blocks (both ranks) and whose next attempt completes.
-const BLOCKS_ONCE: &str = r#"afs=$AZ_BATCHAI_MOUNT_ROOT/afs; log=$afs/$1
-echo "$AZ_BATCHAI_TASK_INDEX" >> $log
-if [ $(grep -c . $log) -le 2 ]; then sleep 600; fi
-echo done
-"#;
+/// Submits 2-node job `name` whose first attempt blocks (both ranks) and whose next attempt
+/// completes, and waits until both ranks of the first attempt run. Returns the job's path and
+/// the file on the share each rank of each attempt appends a line to.
+async fn blocking_job(c: &common::Client, exp: &str, share: &Path, name: &str) -> (String, PathBuf) {
+    let script = format!(
+        "log=$AZ_BATCHAI_MOUNT_ROOT/afs/{name}.log\necho \"$AZ_BATCHAI_TASK_INDEX\" >> $log\n\
+         if [ $(grep -c . $log) -le 2 ]; then sleep 600; fi\necho done\n"
+    );
+    std::fs::write(share.join(format!("{name}.sh")), script).unwrap();
+    let job = submit(c, exp, name, &two_ranks(&format!("{name}.sh"))).await;
+    let log = share.join(format!("{name}.log"));
+    eventually("both ranks of the first attempt", || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.lines().count() == 2)
+    })
+    .await;
+    (job, log)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jobs_span_hosts_and_survive_a_partition_and_a_killed_agent() {
@@ -252,13 +263,7 @@ else until echo "hello from rank 1" | nc $AZ_BATCHAI_JOB_MASTER_NODE_IP 29500; d
 
     // A partition: the node is given up, the job completes elsewhere, and once reconnected
     // the node drops the stale attempt.
-    std::fs::write(share.join("block.sh"), BLOCKS_ONCE.replace("$1", "partition")).unwrap();
-    let job = submit(&c, &exp, "partitioned", &two_ranks("block.sh")).await;
-    let log = share.join("partition");
-    eventually("both ranks of the first attempt", || {
-        std::fs::read_to_string(&log).ok().filter(|t| t.lines().count() == 2)
-    })
-    .await;
+    let (job, log) = blocking_job(&c, &exp, &share, "partitioned").await;
     let victim = nodes.iter().find(|n| n.running_jobs() == 1).expect("a node runs rank 0 or 1");
     docker(&["network", "disconnect", &net.name, &victim.container]).unwrap();
     let done = finished(&c, &job).await;
@@ -274,13 +279,7 @@ else until echo "hello from rank 1" | nc $AZ_BATCHAI_JOB_MASTER_NODE_IP 29500; d
     assert_eq!(stdout0.matches("done").count(), 1, "the job completed once: {stdout0}");
 
     // A killed agent: its node becomes unusable, the job completes on the other two.
-    std::fs::write(share.join("block2.sh"), BLOCKS_ONCE.replace("$1", "killed")).unwrap();
-    let job = submit(&c, &exp, "killed", &two_ranks("block2.sh")).await;
-    let log = share.join("killed");
-    eventually("both ranks of the first attempt", || {
-        std::fs::read_to_string(&log).ok().filter(|t| t.lines().count() == 2)
-    })
-    .await;
+    let (job, _) = blocking_job(&c, &exp, &share, "killed").await;
     let victim = nodes.iter().find(|n| n.running_jobs() == 1).expect("a node runs a rank");
     docker(&["kill", &victim.container]).unwrap();
     let done = finished(&c, &job).await;

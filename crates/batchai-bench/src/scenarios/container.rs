@@ -28,24 +28,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     for i in 0..args.lone {
         // Irregular gaps, out of step with the server's ticks.
         tokio::time::sleep(Duration::from_millis(150 + (i as u64 * 7919) % 450)).await;
-        let path = job_path(&format!("container-{i:03}"));
-        let t = Instant::now();
-        s.api.put(&path, &body).await?;
-        let done = loop {
-            let got = s.api.get(&path).await?;
-            if matches!(got["properties"]["executionState"].as_str(), Some("succeeded" | "failed")) {
-                break got;
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                bail!("container job {i} did not end in 60 s: {got}");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
-        job.push(t.elapsed());
+        let (took, done) = api::run_lone(&s.api, &job_path(&format!("container-{i:03}")), &body).await?;
+        job.push(took);
         let p = &done["properties"];
-        if p["executionState"] != "succeeded" {
-            bail!("container job {i} failed: {}", p["executionInfo"]);
-        }
         server.push(api::millis_between(&p["creationTime"], &p["executionInfo"]["endTime"])?);
 
         let t = Instant::now();

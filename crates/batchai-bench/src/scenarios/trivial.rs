@@ -14,8 +14,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-
 use super::{core_pct, server_env, wait_count, work_dir};
 use crate::Args;
 use crate::api::{self, Api, job_path};
@@ -73,24 +71,9 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     let mut client_lat = Vec::new();
     for i in 0..args.lone {
         tokio::time::sleep(Duration::from_millis(150 + (i as u64 * 7919) % 450)).await;
-        let path = job_path(&format!("lone-{i:03}"));
-        let t = Instant::now();
-        s.api.put(&path, &api::job_body("true")).await?;
-        let job = loop {
-            let job = s.api.get(&path).await?;
-            if matches!(job["properties"]["executionState"].as_str(), Some("succeeded" | "failed")) {
-                break job;
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                bail!("lone job {i} did not end in 60 s: {job}");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        };
-        client_lat.push(t.elapsed());
+        let (took, job) = api::run_lone(&s.api, &job_path(&format!("lone-{i:03}")), &api::job_body("true")).await?;
+        client_lat.push(took);
         let p = &job["properties"];
-        if p["executionState"] != "succeeded" {
-            bail!("lone job {i} failed: {}", p["executionInfo"]);
-        }
         server_ms.push(api::millis_between(&p["creationTime"], &p["executionInfo"]["endTime"])?);
         place_ms.push(api::millis_between(&p["creationTime"], &p["executionInfo"]["startTime"])?);
     }
