@@ -221,25 +221,9 @@ impl Execution<'_> {
         let prepared_before = !adopted.is_empty();
         if !prepared_before
             && prep_adopted.is_none()
-            && let Some(container) = self.container("pull")
+            && let Err(end) = self.ensure_image().await
         {
-            let credentials =
-                self.task.spec.container_settings.as_ref().and_then(|c| c.image_source_registry.credentials.as_ref());
-            if credentials.is_some_and(|c| c.password.is_none()) {
-                let message = format!(
-                    "cannot pull image {}: its registry password is a Key Vault reference, which this service cannot \
-                     resolve; give the password itself",
-                    container.image
-                );
-                self.log(&message).await;
-                return End::failed(IMAGE_PULL_FAILED, message);
-            }
-            if let Err(e) = self.pull(&container).await {
-                self.log(&format!("{e}")).await;
-                let code =
-                    if matches!(e, RuntimeError::Image { .. }) { IMAGE_PULL_FAILED } else { JOB_PREPARATION_FAILED };
-                return End::failed(code, e.to_string());
-            }
+            return end;
         }
         if let Some(prep) = prepared.job_prep.as_ref().filter(|_| !prepared_before) {
             let started = match prep_adopted {
@@ -310,11 +294,22 @@ impl Execution<'_> {
         }
     }
 
-    /// Makes the job's image available, its progress going to the execution log.
-    async fn pull(&self, container: &ContainerSpec) -> Result<(), RuntimeError> {
+    /// Makes the job's image available when it has one, the progress going to the execution log.
+    async fn ensure_image(&self) -> Result<(), End> {
+        let Some(container) = self.container("pull") else { return Ok(()) };
+        let settings = self.task.spec.container_settings.as_ref();
+        if settings.and_then(|c| c.image_source_registry.credentials.as_ref()).is_some_and(|c| c.password.is_none()) {
+            let message = format!(
+                "cannot pull image {}: its registry password is a Key Vault reference, which this service cannot \
+                 resolve; give the password itself",
+                container.image
+            );
+            self.log(&message).await;
+            return Err(End::failed(IMAGE_PULL_FAILED, message));
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let pull = async move {
-            let result = self.runtime.pull(container, &tx).await;
+        let pull = async {
+            let result = self.runtime.pull(&container, &tx).await;
             drop(tx);
             result
         };
@@ -324,7 +319,10 @@ impl Execution<'_> {
             }
         };
         let (result, ()) = tokio::join!(pull, write);
-        result
+        result.map_err(|e| {
+            let code = if matches!(e, RuntimeError::Image { .. }) { IMAGE_PULL_FAILED } else { JOB_PREPARATION_FAILED };
+            End::failed(code, e.to_string())
+        })
     }
 
     fn owner(&self) -> TaskOwner {
