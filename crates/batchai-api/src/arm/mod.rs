@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use batchai_core::{ApiError, ErrorCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use serde_json::Value;
 
 use crate::auth::{self, Caller};
@@ -194,12 +194,31 @@ fn check_api_version(route: &Route, query: &[(String, String)]) -> Result<String
     }
 }
 
+/// How much of a body over the limit is read and thrown away before the 413 goes out, and for
+/// how long at most. A server that answers and closes while the client is still sending leaves
+/// unread data that makes the kernel reset the connection, and clients then report the reset
+/// instead of the answer; reading on a little lets them see the error envelope.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain(mut body: Body) {
+    let read = async {
+        let mut left = DRAIN_BYTES;
+        while left > 0
+            && let Some(Ok(frame)) = body.frame().await
+        {
+            left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
+}
+
 /// Reads the body under the size limit; a body must be JSON when it says what it is.
 pub(crate) async fn read_body(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
-    body: Body,
+    mut body: Body,
 ) -> Result<Bytes, ApiError> {
     let limit = state.settings.max_body_bytes;
     let too_large =
@@ -207,16 +226,20 @@ pub(crate) async fn read_body(
     if let Some(len) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > limit
     {
+        drain(body).await;
         return Err(too_large());
     }
-    let bytes = Limited::new(body, limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            too_large()
-        } else {
-            ApiError::new(ErrorCode::InvalidRequestContent, "The request body could not be read.")
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|_| ApiError::new(ErrorCode::InvalidRequestContent, "The request body could not be read."))?;
+        let Some(data) = frame.data_ref() else { continue };
+        if bytes.len() + data.len() > limit {
+            drain(body).await;
+            return Err(too_large());
         }
-    })?;
-    let bytes = bytes.to_bytes();
+        bytes.extend_from_slice(data);
+    }
     let has_body = !bytes.iter().all(u8::is_ascii_whitespace);
     if has_body
         && matches!(*method, Method::PUT | Method::PATCH | Method::POST)
@@ -231,7 +254,7 @@ pub(crate) async fn read_body(
             ));
         }
     }
-    Ok(bytes)
+    Ok(Bytes::from(bytes))
 }
 
 pub(crate) fn method_not_allowed(ctx: &Ctx) -> Error {
