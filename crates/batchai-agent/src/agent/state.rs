@@ -52,11 +52,13 @@ struct TaskEntry {
     handle: Option<JoinHandle<()>>,
     /// False once the server stopped listing it: dropped as soon as it has stopped.
     listed: bool,
+    /// It may have left containers for the runtime to remove once the server has its outcome.
+    containers: bool,
 }
 
 impl TaskEntry {
-    fn finished(report: TaskReport) -> Self {
-        Self { report, stop: None, handle: None, listed: true }
+    fn finished(report: TaskReport, containers: bool) -> Self {
+        Self { report, stop: None, handle: None, listed: true, containers }
     }
 
     fn running(&self) -> bool {
@@ -189,9 +191,12 @@ impl State {
             let report = entry.report.clone();
             self.save_marker(&report);
         } else {
+            let containers = entry.containers;
             self.tasks.remove(&key);
             self.remove_marker(&key);
-            self.forget(key);
+            if containers {
+                self.forget(key);
+            }
         }
         self.urgent = true;
         true
@@ -259,7 +264,7 @@ impl State {
                 continue;
             };
             if report.phase == TaskPhase::Exited {
-                self.tasks.insert(key, TaskEntry::finished(report));
+                self.tasks.insert(key, TaskEntry::finished(report, true));
             } else {
                 tracing::info!(job.id = %key.0, epoch = key.1, "task was running when the agent stopped; resuming it");
                 let assignment = assignment.clone();
@@ -280,13 +285,15 @@ impl State {
                     entry.listed = false;
                     entry.stop();
                 }
-                None => acknowledged.push(key.clone()),
+                None => acknowledged.push((key.clone(), entry.containers)),
             }
         }
-        for key in acknowledged {
+        for (key, containers) in acknowledged {
             self.tasks.remove(&key);
             self.remove_marker(&key);
-            self.forget(key);
+            if containers {
+                self.forget(key);
+            }
         }
         // A task stopped because it is no longer listed may still hold the GPUs.
         let busy = self.tasks.values().any(|t| !t.listed);
@@ -303,7 +310,7 @@ impl State {
                     error: None,
                 };
                 self.save_marker(&report);
-                self.tasks.insert(key, TaskEntry::finished(report));
+                self.tasks.insert(key, TaskEntry::finished(report, false));
                 self.urgent = true;
             } else if !busy {
                 self.start_task(key, assignment, false);
@@ -326,6 +333,7 @@ impl State {
         let report =
             TaskReport { job: key.0.clone(), epoch: key.1, phase: TaskPhase::Preparing, exit_code: None, error: None };
         self.save_marker(&report);
+        let containers = resume || assignment.spec.container_settings.is_some();
         let launch = Launch { gpus, resume };
         let (stop, stop_rx) = watch::channel(false);
         let (node, runtime, reports) = (self.node.clone(), self.runtime.clone(), self.task_reports.clone());
@@ -347,7 +355,8 @@ impl State {
                 });
             }
         });
-        self.tasks.insert(key, TaskEntry { report, stop: Some(stop), handle: Some(handle), listed: true });
+        let entry = TaskEntry { report, stop: Some(stop), handle: Some(handle), listed: true, containers };
+        self.tasks.insert(key, entry);
         self.urgent = true;
     }
 
