@@ -10,14 +10,18 @@ node is free for the next farm."""
 
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 
+import numpy
 import pytest
 import requests
 from azure.mgmt.batchai import models as bm
 
-from helpers import (BUSYBOX, STATE_DEADLINE_S, STATE_POLL_S, TERMINAL_JOB_STATES, short, wait, wait_for_idle_nodes,
-                     require_image, wait_for_job)
+from helpers import (BUSYBOX, REPO_ROOT, STATE_DEADLINE_S, STATE_POLL_S, TERMINAL_JOB_STATES, require_image, short,
+                     wait, wait_for_idle_nodes, wait_for_job)
 
 pytestmark = pytest.mark.agent
 
@@ -25,6 +29,8 @@ SHARE_ACCOUNT = "acct"
 SHARE_URL = f"https://{SHARE_ACCOUNT}.file.core.windows.net/share"
 MOUNT = "afs"
 PREFIX = f"$AZ_BATCHAI_MOUNT_ROOT/{MOUNT}"
+CNTK_EXAMPLE = os.path.join(REPO_ROOT, "examples", "cntk-mnist")
+MNIST = os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
 
 
 def run_cluster():
@@ -59,19 +65,18 @@ class Rig:
 
     def submit(self, command, **kw):
         """Creates a custom-toolkit job and waits for the create LRO; returns its name."""
+        return self.create("custom", custom_toolkit_settings=bm.CustomToolkitSettings(command_line=command), **kw)
+
+    def create(self, tool_type, **kw):
+        """Creates a one-node job of any toolkit and waits for the create LRO; returns its name."""
         kw.setdefault("std_out_err_path_prefix", PREFIX)
-        params = bm.JobCreateParameters(
-            cluster=bm.ResourceId(id=self.cluster.id),
-            node_count=1,
-            custom_toolkit_settings=bm.CustomToolkitSettings(command_line=command),
-            **kw,
-        )
+        params = bm.JobCreateParameters(cluster=bm.ResourceId(id=self.cluster.id), node_count=1, **kw)
         name = short("job")
         self.jobs.append(name)
         created = wait(self.bai.jobs.create(self.rg, self.ws, self.exp, name, params))
         assert created.name == name
         assert created.provisioning_state == "succeeded"
-        assert created.tool_type == "custom"
+        assert created.tool_type == tool_type
         assert created.execution_state in ("queued", "running", "succeeded", "failed"), created.execution_state
         return name
 
@@ -217,6 +222,41 @@ def test_container_job_runs_in_docker_with_job_preparation_and_logs(jobs):
     assert download(files["stderr.txt"].download_url, r.ca).text == "err\n"
     log = download(files["execution.log"].download_url, r.ca).text
     assert f"using image {BUSYBOX}, present on the node" in log, log
+
+
+def test_cntk_mnist_example_trains_as_a_cntk_job(jobs, tmp_path):
+    """examples/cntk-mnist as the Batch AI CNTK quickstart runs it: data and script on the share,
+    a CNTK (Python) job writing the model into the MODEL output directory (fast mode; the
+    process runtime, with this venv's Python and numpy)."""
+    r = jobs
+    share = os.path.join(r.farm.server.data_dir, "storage", SHARE_ACCOUNT, "share")
+    data = os.path.join(share, "mnist")
+    prepare = subprocess.run([sys.executable, os.path.join(CNTK_EXAMPLE, "prepare_data.py"), MNIST, data,
+                              "--limit", "3000"], capture_output=True, text=True, timeout=300)
+    assert prepare.returncode == 0, prepare.stderr
+    shutil.copy(os.path.join(CNTK_EXAMPLE, "ConvNet_MNIST.py"), share)
+    name = r.create(
+        "cntk",
+        cntk_settings=bm.CNTKsettings(language_type="Python", python_interpreter_path=sys.executable,
+                                      python_script_file_path=f"{PREFIX}/ConvNet_MNIST.py",
+                                      command_line_args=f"{PREFIX}/mnist $AZ_BATCHAI_OUTPUT_MODEL"),
+        output_directories=[bm.OutputDirectory(id="MODEL", path_prefix=PREFIX)],
+        environment_variables=[bm.EnvironmentVariable(name="CONVNET_FAST", value="1")],
+    )
+    job = r.finish(name)
+    assert job.execution_state == "succeeded", job.execution_info.errors
+    model = user_files(r.files(name, "MODEL"))
+    assert set(model) == {"ConvNet_MNIST.npz", "ConvNet_MNIST.json"}, list(model)
+    summary = download(model["ConvNet_MNIST.json"].download_url, r.ca).json()
+    assert summary["train_images"] == 2000 and summary["test_images"] == 1000, summary
+    # One epoch on 2,000 images: far from the full run's accuracy, far above chance (10 %).
+    assert summary["test_accuracy"] > 0.5, summary
+    weights = download(model["ConvNet_MNIST.npz"].download_url, r.ca)
+    (tmp_path / "m.npz").write_bytes(weights.content)
+    with numpy.load(tmp_path / "m.npz") as saved:
+        assert saved["c1"].shape == (25, 16) and saved["f2"].shape == (128, 10)
+    stdout = download(user_files(r.files(name, "stdouterr"))["stdout.txt"].download_url, r.ca).text
+    assert "Finished Epoch[1 of 1]" in stdout and "Final test accuracy" in stdout, stdout
 
 
 def test_nonzero_exit_fails_job(jobs):
