@@ -289,12 +289,6 @@ pub struct DockerRunning {
     exit: Option<Exit>,
 }
 
-impl DockerRunning {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
 #[async_trait]
 impl Running for DockerRunning {
     fn id(&self) -> String {
