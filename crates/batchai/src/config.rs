@@ -121,6 +121,13 @@ pub struct ImageMapping {
     pub image: String,
 }
 
+/// `batchai dev`'s image map when none is configured: the CNTK images of Batch AI's quickstarts
+/// run in the local Python image (`scripts/build-images.sh`), where `examples/cntk-mnist`
+/// stands in for CNTK.
+pub fn dev_image_map() -> Vec<ImageMapping> {
+    vec![ImageMapping { pattern: "microsoft/cntk:*".into(), image: "batchai/python:latest".into() }]
+}
+
 /// Flags that override the other layers; unset flags leave them alone.
 #[derive(Debug, Default, Clone, Serialize, clap::Args)]
 pub struct Overrides {

@@ -130,12 +130,15 @@ async fn start_dev_agent(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let agent_dir = data_dir.join("agent");
     let mut agent_cfg = Config { server_url: Some(http_url.to_owned()), vm_sizes: vec!["*".into()], ..cfg.clone() };
+    if agent_cfg.image_map.is_empty() {
+        agent_cfg.image_map = crate::config::dev_image_map();
+    }
     if !agent_dir.join("node.json").exists() {
         let (_, token) = crate::admin::create_join_token(state.store.as_ref(), "dev", Some(600)).await?;
         agent_cfg.join_token = Some(token);
     }
+    let runtime = crate::node_runtime::pick(&agent_cfg).await?;
     let agent_cfg = agent_cfg.agent_config(agent_dir)?;
-    let runtime = crate::node_runtime::pick(cfg).await?;
     let runs = match runtime.name() {
         "docker" => "jobs with containerSettings run in Docker, the others on this machine",
         _ => "jobs run on this machine (no Docker: jobs with containerSettings fail)",
