@@ -143,8 +143,9 @@ impl DockerRuntime {
         let name = spec::container_name(&container.owner, &container.process);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
         let created = match self.docker.create_container(Some(options.clone()), body.clone()).await {
-            // A container of that name that was never adopted: left by an agent that died
-            // between creating and starting it. It ran nothing, so it is replaced.
+            // A container of that name nobody adopted: left by an agent that died between
+            // creating and starting it, or (its task markers lost) by an earlier run of this
+            // very attempt. The attempt is this one now, so it is replaced.
             Err(e) if status_of(&e) == Some(409) => {
                 tracing::info!(container = %name, "replacing a container left from an earlier start");
                 self.remove(&name).await?;
