@@ -108,6 +108,14 @@ impl Run {
     }
 }
 
+/// [`spawn`], then waits until the task runs and its `stdout.txt` holds `text`.
+async fn spawn_until(runtime: &DockerRuntime, node: &NodeContext, task: &TaskAssignment, text: &str) -> Run {
+    let mut run = spawn(runtime, node, task, Launch::default());
+    run.running().await;
+    file_holds(&stdouterr(node, task).join("stdout.txt"), text).await;
+    run
+}
+
 fn stdouterr(node: &NodeContext, task: &TaskAssignment) -> PathBuf {
     let name = task.id.rsplit('/').next().unwrap();
     node.job_temp_root().join(name).join(SEGMENT).join("stdouterr")
@@ -187,9 +195,7 @@ async fn logs_are_written_while_the_job_runs_and_a_stop_ends_it_gracefully() {
     let node = node(dir.path(), "node-stop");
     let t = task(json!({"customToolkitSettings": {"commandLine":
         "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 0.1; done"}}));
-    let mut run = spawn(&runtime, &node, &t, Launch::default());
-    run.running().await;
-    file_holds(&stdouterr(&node, &t).join("stdout.txt"), "started\n").await;
+    let run = spawn_until(&runtime, &node, &t, "started\n").await;
     run.stop.send(true).unwrap();
     let end = run.end().await;
     assert_eq!((end.exit_code, end.error), (None, None), "a stopped task reports neither");
@@ -204,9 +210,7 @@ async fn a_job_that_ignores_the_stop_signal_is_killed_after_the_grace() {
     let node = node(dir.path(), "node-kill");
     let mut t = task(json!({"customToolkitSettings": {"commandLine": "trap '' TERM; echo started; sleep 600"}}));
     t.max_wall_clock_secs = 600;
-    let mut run = spawn(&runtime, &node, &t, Launch::default());
-    run.running().await;
-    file_holds(&stdouterr(&node, &t).join("stdout.txt"), "started\n").await;
+    let run = spawn_until(&runtime, &node, &t, "started\n").await;
     // Started by hand to see the exit of the kill.
     let owner = owner(&node, &t);
     let mut adopted = runtime.adopt(&owner).await.unwrap();
@@ -268,9 +272,7 @@ async fn a_new_runtime_finds_containers_by_label_and_sweeps_those_of_other_tasks
     // The first "agent" starts the task and is then gone: its executor is aborted, as a kill -9
     // would leave it, with the container running.
     let fifo = node.job_temp_root().join("job1").join("go");
-    let mut first = spawn(&runtime, &node, &t, Launch::default());
-    first.running().await;
-    file_holds(&stdouterr(&node, &t).join("stdout.txt"), "one\n").await;
+    let first = spawn_until(&runtime, &node, &t, "one\n").await;
     first.done.abort();
 
     let again = docker(DockerConfig::default()).await.unwrap();
