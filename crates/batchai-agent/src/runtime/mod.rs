@@ -57,7 +57,7 @@ pub struct ContainerSpec {
     pub shm_size: Option<String>,
     /// Whose process it is, so a restarted agent can find it again.
     pub owner: TaskOwner,
-    /// The process's name within its task, e.g. `rank-0` or `jobprep`.
+    /// The process's name within its task, e.g. `rank-0` or `job_prep`.
     pub process: String,
 }
 
