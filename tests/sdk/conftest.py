@@ -173,6 +173,23 @@ def farm(backend, batchai_bin, tmp_path_factory):
 
 
 @pytest.fixture
+def dev_factory(batchai_bin, tmp_path):
+    """Start `batchai dev` servers: `start(env, database_url)`; SQLite unless a Postgres URL
+    is given."""
+    started = []
+
+    def start(env=None, database_url=None):
+        srv = start_server(batchai_bin, Backend("sqlite"), tmp_path / f"batchai-data-{len(started)}",
+                           env={**helpers.AGENT_ENV, **(env or {})}, database_url=database_url, command="dev")
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
 def dev_server(batchai_bin, tmp_path):
     """`batchai dev` on a fresh data dir (SQLite): server, scheduler and a local
     agent in one process. Its `dev_env` holds what DATA_DIR/dev.env exports."""

@@ -166,7 +166,7 @@ class ServerProcess:
         env = dict(os.environ)
         env.update(self.extra_env)
         cmd = [self.binary, self.command, *self._db_args(),
-               "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]
+               "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--files-listen", "127.0.0.1:0"]
         log = open(self.log_path, "a", buffering=1)
         log.write(f"=== start {' '.join(cmd)} env={self.extra_env}\n")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -205,6 +205,10 @@ class ServerProcess:
     @property
     def https_url(self):
         return self.info["https_url"].rstrip("/")
+
+    @property
+    def files_url(self):
+        return self.info["files_url"].rstrip("/")
 
     @property
     def ca_cert(self):
@@ -282,6 +286,13 @@ class ServerProcess:
             args += ["--name", name]
         out = self.admin(*args).json
         assert out and out.get("join_token") and out.get("id"), out
+        return out
+
+    def create_storage_account(self, name=None):
+        """A storage account on this server's Files endpoint: {name, key, connection_string}."""
+        name = name or "acct" + uuid.uuid4().hex[:12]
+        out = self.admin("storage-account", "create", name, "--files-url", self.files_url).json
+        assert out and out.get("key") and out.get("connection_string"), out
         return out
 
     def new_account(self, base_url=None, verify=None):

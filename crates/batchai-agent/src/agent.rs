@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::executor::NodeContext;
 use crate::facts::{self, FactsConfig};
+use crate::images::ImageMap;
 use crate::runtime::Runtime;
 use crate::setup::stopped;
 
@@ -63,6 +64,8 @@ pub struct AgentConfig {
     pub storage_root: Option<PathBuf>,
     pub sync_wait: Duration,
     pub stop_grace: Duration,
+    /// The operator's image map ([`crate::images`]).
+    pub image_map: ImageMap,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ pub async fn run(
         storage_root: cfg.storage_root.clone().unwrap_or_else(|| PathBuf::from(&identity.storage_root)),
         gpus: facts.gpus.clone(),
         stop_grace: cfg.stop_grace,
+        image_map: cfg.image_map.clone(),
     };
     tracing::info!(node.id = %node.node_id, runtime = runtime.name(), storage_root = %node.storage_root.display(), "agent started");
     let (mut state, mut events) = State::new(node, runtime, facts);
@@ -303,6 +307,7 @@ mod tests {
             storage_root: None,
             sync_wait: DEFAULT_SYNC_WAIT,
             stop_grace: DEFAULT_STOP_GRACE,
+            image_map: ImageMap::default(),
         };
         assert!(matches!(Server::new(&cfg), Err(AgentError::Io { .. })), "a missing file");
         std::fs::write(&ca, "not a certificate").unwrap();

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use batchai_core::contract::env::{self, JobContext};
 use batchai_core::contract::toolkit::{self, Process};
+use batchai_core::models::JobSpec;
 use batchai_core::protocol::{Gpu, TaskAssignment, TaskError, TaskPhase, TaskReport};
 use batchai_core::time::{now_millis, to_rfc3339};
 use tokio::sync::{mpsc, watch};
 
 use crate::gpus::cuda_env;
+use crate::images::ImageMap;
 use crate::runtime::{ContainerSpec, Exit, ProcessSpec, RegistryAuth, Running, Runtime, RuntimeError, TaskOwner};
 use crate::setup::{blocking, job_mounts, link_mounts, stopped};
 
@@ -42,6 +44,8 @@ pub struct NodeContext {
     pub gpus: Vec<Gpu>,
     /// SIGTERM→SIGKILL grace when processes must be stopped.
     pub stop_grace: Duration,
+    /// The operator's image map, applied to every job's `containerSettings` image.
+    pub image_map: ImageMap,
 }
 
 impl NodeContext {
@@ -53,6 +57,14 @@ impl NodeContext {
     /// `AZ_BATCHAI_JOB_TEMP_DIR`.
     pub fn job_temp_root(&self) -> PathBuf {
         self.data_dir.join("jobs")
+    }
+
+    /// The image `job`'s processes run in on this node, after the image map; `None` when they
+    /// run on the host: the job has no `containerSettings`, or the map sends its image to
+    /// [`crate::images::HOST`].
+    pub fn container_image(&self, job: &JobSpec) -> Option<String> {
+        let settings = job.container_settings.as_ref()?;
+        self.image_map.container_image(&settings.image_source_registry.image)
     }
 }
 
@@ -277,7 +289,7 @@ impl Execution<'_> {
             return Ok(Vec::new());
         }
         let lost = |reason: String| End::failed(JOB_FAILED, format!("{RESTARTED}: {reason}"));
-        if self.task.spec.container_settings.is_none() {
+        if self.node.container_image(&self.task.spec).is_none() {
             self.log("the node agent restarted; the job's host processes cannot be reattached").await;
             return Err(lost("its processes ran on the host and cannot be reattached".to_owned()));
         }
@@ -295,10 +307,18 @@ impl Execution<'_> {
     }
 
     /// Makes the job's image available when it has one, the progress going to the execution log.
+    /// An image the node's map sends to the host needs nothing.
     async fn ensure_image(&self) -> Result<(), End> {
-        let Some(container) = self.container("pull") else { return Ok(()) };
-        let settings = self.task.spec.container_settings.as_ref();
-        if settings.and_then(|c| c.image_source_registry.credentials.as_ref()).is_some_and(|c| c.password.is_none()) {
+        let Some(settings) = self.task.spec.container_settings.as_ref() else { return Ok(()) };
+        let original = &settings.image_source_registry.image;
+        let Some(container) = self.container("pull") else {
+            self.log(&format!("image {original} runs on the host on this node (image map)")).await;
+            return Ok(());
+        };
+        if container.image != *original {
+            self.log(&format!("image {original} is mapped to {} on this node", container.image)).await;
+        }
+        if settings.image_source_registry.credentials.as_ref().is_some_and(|c| c.password.is_none()) {
             let message = format!(
                 "cannot pull image {}: its registry password is a Key Vault reference, which this service cannot \
                  resolve; give the password itself",
@@ -395,7 +415,7 @@ impl Execution<'_> {
             }
         }
         let mut env = env::job_env(&ctx, &paths);
-        if task.spec.container_settings.is_none() {
+        if node.container_image(&task.spec).is_none() {
             // Containers get theirs as devices; host processes must be told which to use.
             env.extend(cuda_env(!node.gpus.is_empty(), &self.launch.gpus));
         }
@@ -408,14 +428,16 @@ impl Execution<'_> {
         })
     }
 
-    /// The container the job's processes run in, when the job asks for one. Paths are mounted
-    /// at the same place inside, so the job's variables hold there too.
+    /// The container the job's processes run in, when the job asks for one and the node's image
+    /// map does not send it to the host. The image is the mapped one. Paths are mounted at the
+    /// same place inside, so the job's variables hold there too.
     fn container(&self, process: &str) -> Option<ContainerSpec> {
         let settings = self.task.spec.container_settings.as_ref()?;
+        let image = self.node.container_image(&self.task.spec)?;
         let registry = &settings.image_source_registry;
         let same = |p: PathBuf| (p.clone(), p);
         Some(ContainerSpec {
-            image: registry.image.clone(),
+            image,
             registry: Some(RegistryAuth {
                 server: registry.server_url.clone(),
                 username: registry.credentials.as_ref().map(|c| c.username.clone()),

@@ -19,6 +19,7 @@ pub(crate) fn node(dir: &Path) -> NodeContext {
         storage_root: dir.join("storage"),
         gpus: Vec::new(),
         stop_grace: GRACE,
+        image_map: ImageMap::default(),
     }
 }
 
@@ -252,6 +253,50 @@ async fn a_container_job_asks_the_runtime_for_its_container() {
     assert_eq!(container.image, "tensorflow/tensorflow:1.8.0-gpu");
     assert_eq!(container.shm_size.as_deref(), Some("8g"));
     assert!(container.mounts.contains(&(node.storage_root.clone(), node.storage_root.clone())));
+}
+
+#[tokio::test]
+async fn the_image_map_redirects_the_container_or_sends_the_whole_job_to_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpu = Gpu { index: 0, uuid: "GPU-a".into(), model: "m".into(), memory_mb: 0 };
+    let map = ImageMap(vec![
+        ("microsoft/cntk:*".into(), crate::images::HOST.into()),
+        ("tensorflow/*".into(), "mirror.local/tensorflow/*".into()),
+    ]);
+    let node = NodeContext { gpus: vec![gpu], image_map: map, ..node(dir.path()) };
+    let job = |image: &str| {
+        task(json!({"customToolkitSettings": {"commandLine": "train"}, "jobPreparation": {"commandLine": "prep"},
+            "containerSettings": {"imageSourceRegistry": {"image": image}}}))
+    };
+
+    let finishing = || {
+        let fake = FakeRuntime::new();
+        fake.script("prep", Script::Exit(Exit::Code(0))).script("train", Script::Exit(Exit::Code(0)));
+        fake
+    };
+    let fake = finishing();
+    let reports = Run::spawn(&fake, &node, job("tensorflow/tensorflow:1.8.0-gpu")).finish().await;
+    assert_eq!(last(&reports), (Some(0), None));
+    let images: Vec<_> = fake.started().iter().map(|p| p.spec.container.clone().map(|c| c.image)).collect();
+    assert_eq!(images, vec![Some("mirror.local/tensorflow/tensorflow:1.8.0-gpu".to_owned()); 2], "prep and main");
+    assert!(fake.started().iter().all(|p| p.spec.env.iter().all(|(k, _)| k != "CUDA_VISIBLE_DEVICES")));
+
+    let fake = finishing();
+    let reports = Run::spawn(&fake, &node, job("microsoft/cntk:2.0-cpu-python3.5")).finish().await;
+    assert_eq!(last(&reports), (Some(0), None));
+    let started = fake.started();
+    assert_eq!(started.len(), 2);
+    for p in &started {
+        assert_eq!(p.spec.container, None, "{} runs on the host", p.spec.name);
+        assert!(p.spec.env.iter().any(|(k, _)| k == "CUDA_VISIBLE_DEVICES"), "host processes are told their GPUs");
+    }
+    // After an agent restart it is lost like any host job: nothing to reattach to.
+    let (tx, _reports) = mpsc::unbounded_channel();
+    let (_stop, stop_rx) = watch::channel(false);
+    let launch = Launch { gpus: Vec::new(), resume: true };
+    let end = execute(&node, &fake, &job("microsoft/cntk:2.0-cpu-python3.5"), launch, stop_rx, tx).await;
+    assert_eq!(end.error.map(|e| e.code), Some(JOB_FAILED.to_owned()));
+    assert_eq!(fake.started().len(), 2, "nothing started again");
 }
 
 #[test]

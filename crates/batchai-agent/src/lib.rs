@@ -6,6 +6,8 @@
 //!   is the seam: [`runtime::ProcessRuntime`] runs `bash -c` in its own process group on the
 //!   host; [`runtime::DockerRuntime`] runs containers (images, GPUs, mounts, reattach after an
 //!   agent restart); [`runtime::FakeRuntime`] scripts outcomes for tests of the logic above it.
+//! - [`images`]: the operator's image map: which image a job's container runs, or that its
+//!   processes run on the host instead.
 //! - [`gpus`]: which of the node's GPUs each task gets.
 //! - [`facts`]: what this machine is and has (hostname, cores, memory, GPUs via `nvidia-smi`),
 //!   reported to the server as [`batchai_core::protocol::NodeFacts`].
@@ -17,5 +19,6 @@ pub mod agent;
 pub mod executor;
 pub mod facts;
 pub mod gpus;
+pub mod images;
 pub mod runtime;
 pub mod setup;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use batchai_agent::agent::{AgentConfig, AgentError, run};
 use batchai_agent::facts::FactsConfig;
+use batchai_agent::images::ImageMap;
 use batchai_agent::runtime::{Exit, FakeRuntime};
 use batchai_core::protocol::{JoinResponse, SyncRequest, SyncResponse, TaskAssignment, TaskPhase};
 use batchai_core::time::now_millis;
@@ -125,6 +126,7 @@ fn config(url: &str, data: &Path) -> AgentConfig {
         storage_root: Some(data.join("storage")),
         sync_wait: Duration::from_secs(20),
         stop_grace: Duration::from_secs(1),
+        image_map: ImageMap::default(),
     }
 }
 

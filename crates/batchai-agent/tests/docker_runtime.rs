@@ -1,6 +1,7 @@
 //! The Docker runtime against the machine's real engine, through the executor as the agent
 //! drives it: env, mounts, exit codes, stop and kill, logs while running, a missing image, the
-//! image map, labels, and finding containers again after the agent is gone.
+//! image map (to another image or to the host), labels, and finding containers again after the
+//! agent is gone.
 //!
 //! Needs a Docker engine and `batchai/busybox:latest` (`scripts/build-images.sh`). Without an
 //! engine the tests say so and pass, except under `CI`, where they fail.
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use batchai_agent::executor::{IMAGE_PULL_FAILED, Launch, NodeContext, execute};
-use batchai_agent::runtime::{DockerConfig, DockerRuntime, Exit, ImageMap, ProcessSpec, Runtime, TaskOwner};
+use batchai_agent::images::{HOST, ImageMap};
+use batchai_agent::runtime::{DockerConfig, DockerRuntime, Exit, ProcessSpec, Runtime, TaskOwner};
 use batchai_core::models::JobSpec;
 use batchai_core::protocol::{Gpu, Peer, TaskAssignment, TaskPhase, TaskReport};
 use batchai_core::time::now_millis;
@@ -48,6 +50,7 @@ fn node(dir: &Path, id: &str) -> NodeContext {
         storage_root: dir.join("storage"),
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(1),
+        image_map: ImageMap::default(),
     }
 }
 
@@ -245,10 +248,10 @@ async fn a_missing_image_fails_the_job_naming_the_image() {
 #[tokio::test]
 async fn the_image_map_redirects_an_old_public_image_to_a_local_one() {
     let cntk = "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0";
-    let map = ImageMap(vec![(cntk.to_owned(), IMAGE.to_owned())]);
-    let Some(runtime) = docker(DockerConfig { image_map: map, ..DockerConfig::default() }).await else { return };
+    let Some(runtime) = docker(DockerConfig::default()).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path(), "node-map");
+    let node =
+        NodeContext { image_map: ImageMap(vec![(cntk.to_owned(), IMAGE.to_owned())]), ..node(dir.path(), "node-map") };
     let t = task(json!({
         "containerSettings": {"imageSourceRegistry": {"image": cntk}, "shmSize": "64m"},
         "customToolkitSettings": {"commandLine": "df -k /dev/shm | tail -1"}}));
@@ -259,6 +262,26 @@ async fn the_image_map_redirects_an_old_public_image_to_a_local_one() {
     let df = read(&stdouterr(&node, &t).join("stdout.txt"));
     assert!(df.split_whitespace().nth(1) == Some("65536"), "shmSize sets /dev/shm: {df}");
     runtime.forget(&owner(&node, &t)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_image_mapped_to_host_runs_without_a_container() {
+    let Some(runtime) = docker(DockerConfig::default()).await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cntk = "microsoft/cntk:2.0-cpu-python3.5";
+    let node = NodeContext {
+        image_map: ImageMap(vec![("microsoft/cntk:*".into(), HOST.into())]),
+        ..node(dir.path(), "node-host")
+    };
+    let t = task(json!({
+        "containerSettings": {"imageSourceRegistry": {"image": cntk}},
+        "customToolkitSettings": {"commandLine": "echo pid $$"}}));
+    let end = spawn(&runtime, &node, &t, Launch::default()).end().await;
+    assert_eq!((end.exit_code, end.error), (Some(0), None));
+    let log = read(&stdouterr(&node, &t).join("execution.log"));
+    assert!(log.contains(&format!("image {cntk} runs on the host on this node (image map)")), "{log}");
+    assert!(!log.contains("pulling"), "{log}");
+    assert!(containers(&runtime, &owner(&node, &t)).await.is_empty(), "no container");
 }
 
 #[tokio::test]

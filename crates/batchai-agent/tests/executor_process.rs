@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use batchai_agent::executor::{Launch, NodeContext, execute};
+use batchai_agent::executor::{JOB_PREPARATION_FAILED, Launch, NodeContext, execute};
+use batchai_agent::images::{HOST, ImageMap};
 use batchai_agent::runtime::ProcessRuntime;
 use batchai_agent::setup::{SetupContext, prepare};
 use batchai_core::models::{ClusterSpec, JobSpec};
@@ -86,6 +87,7 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
         storage_root: storage.clone(),
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(5),
+        image_map: ImageMap::default(),
     };
     let (tx, mut reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
@@ -138,6 +140,7 @@ async fn a_failing_command_reports_its_exit_code() {
         storage_root: dir.path().join("storage"),
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(5),
+        image_map: ImageMap::default(),
     };
     let (tx, _reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
@@ -145,4 +148,81 @@ async fn a_failing_command_reports_its_exit_code() {
         .await
         .unwrap();
     assert_eq!((end.exit_code, end.error), (Some(1), None));
+}
+
+const CNTK: &str = "microsoft/cntk:2.0-cpu-python3.5";
+
+/// A CNTK-quickstart-like job with `containerSettings` (its registry password a Key Vault
+/// reference), and a node with `image_map`, in `dir`.
+fn container_job(dir: &Path, image_map: ImageMap) -> (NodeContext, TaskAssignment) {
+    let spec: JobSpec = serde_json::from_value(json!({
+        "cluster": {"id": "c"},
+        "nodeCount": 1,
+        "stdOutErrPathPrefix": "$AZ_BATCHAI_JOB_TEMP",
+        "containerSettings": {"imageSourceRegistry": {"image": CNTK, "credentials": {"username": "u",
+            "passwordSecretReference": {"sourceVault": {"id": "/vaults/v"}, "secretUrl": "https://v/secrets/s"}}}},
+        "jobPreparation": {"commandLine": "echo prepared > $AZ_BATCHAI_JOB_TEMP/prep"},
+        "customToolkitSettings": {"commandLine": "cat $AZ_BATCHAI_JOB_TEMP/prep; echo on the host"}
+    }))
+    .unwrap();
+    let task = TaskAssignment {
+        job: "job3".into(),
+        epoch: 1,
+        rank: 0,
+        id: "/x/jobs/job3".into(),
+        uid: "uid3".into(),
+        output_segment: "seg".into(),
+        spec,
+        nodes: vec![Peer { id: "n".into(), address: "127.0.0.1".into(), gpus: 0 }],
+        max_wall_clock_secs: 3600,
+        started_at: now_millis(),
+        stop: false,
+    };
+    let node = NodeContext {
+        node_id: "n".into(),
+        data_dir: dir.join("data"),
+        storage_root: dir.join("storage"),
+        gpus: Vec::new(),
+        stop_grace: Duration::from_secs(5),
+        image_map,
+    };
+    (node, task)
+}
+
+#[tokio::test]
+async fn a_container_job_whose_image_maps_to_host_runs_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = ImageMap(vec![("microsoft/cntk:*".into(), HOST.into())]);
+    let (node, task) = container_job(dir.path(), map);
+    let (tx, _reports) = mpsc::unbounded_channel();
+    let (_keep, stop) = watch::channel(false);
+    let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, Launch::default(), stop, tx))
+        .await
+        .unwrap();
+    assert_eq!((end.exit_code, end.error), (Some(0), None), "no container, no pull, no Key Vault lookup");
+    let stdouterr = node.job_temp_root().join("job3/seg/stdouterr");
+    assert_eq!(read(&stdouterr.join("stdout.txt")), "prepared\non the host\n", "job preparation ran too");
+    let log = read(&stdouterr.join("execution.log"));
+    assert!(log.contains(&format!("image {CNTK} runs on the host on this node (image map)")), "{log}");
+    assert!(!log.contains("mapped to"), "{log}");
+}
+
+#[tokio::test]
+async fn an_unmapped_container_job_fails_on_the_process_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = ImageMap(vec![("tensorflow/*".into(), HOST.into())]);
+    let (node, mut task) = container_job(dir.path(), map);
+    if let Some(registry) = task.spec.container_settings.as_mut().map(|c| &mut c.image_source_registry) {
+        registry.credentials = None;
+    }
+    let (tx, _reports) = mpsc::unbounded_channel();
+    let (_keep, stop) = watch::channel(false);
+    let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, Launch::default(), stop, tx))
+        .await
+        .unwrap();
+    assert_eq!(end.exit_code, None);
+    let error = end.error.expect("the job fails");
+    assert_eq!(error.code, JOB_PREPARATION_FAILED);
+    assert!(error.message.contains(&format!("image {CNTK}: the process runtime cannot run containers")), "{error:?}");
+    assert!(!node.job_temp_root().join("job3/prep").exists(), "nothing ran on the host");
 }

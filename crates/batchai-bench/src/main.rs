@@ -11,6 +11,8 @@
 //! - `agent-rss`: one real agent's resident memory while idle.
 //! - `container`: a trivial job in a Docker container against `docker run` of the same image
 //!   (needs Docker and `scripts/build-images.sh`).
+//! - `files`: upload and download of a `--file-mib` file through the Azure Files endpoint
+//!   against a plain copy on the same disk.
 //!
 //! ```sh
 //! cargo build --release -p batchai
@@ -43,6 +45,7 @@ enum Scenario {
     Trivial,
     AgentRss,
     Container,
+    Files,
 }
 
 #[derive(Parser)]
@@ -55,7 +58,7 @@ pub struct Args {
     /// A superuser URL; each run creates fresh databases next to it.
     #[arg(long, env = "BATCHAI_TEST_PG_URL")]
     pg_url: Option<String>,
-    /// Concurrent HTTP clients submitting [default: 16; placement 32].
+    /// Concurrent HTTP clients submitting [default: 16; placement 32; files 2, the SDK's].
     #[arg(long)]
     clients: Option<usize>,
     /// Jobs [default: control-plane 4000, placement 10000, trivial 1000].
@@ -103,6 +106,12 @@ pub struct Args {
     /// The `batchai` binary [default: next to this one].
     #[arg(long)]
     batchai_bin: Option<PathBuf>,
+    /// files: size of the file moved.
+    #[arg(long, default_value_t = 100)]
+    file_mib: u64,
+    /// files: rounds of copy, upload and download.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Keep server and agent data and logs here instead of a temporary directory.
     #[arg(long)]
     work_dir: Option<PathBuf>,
@@ -138,5 +147,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Trivial => scenarios::trivial::run(&args).await,
         Scenario::AgentRss => scenarios::trivial::agent_rss(&args).await,
         Scenario::Container => scenarios::container::run(&args).await,
+        Scenario::Files => scenarios::files::run(&args).await,
     }
 }

@@ -55,6 +55,8 @@ pub struct ServerProc {
     pub pg_name: Option<String>,
     /// Plain-HTTP base URL on loopback.
     pub http: String,
+    /// The Azure Files endpoint's base URL (loopback, plain HTTP).
+    pub files: Option<String>,
     pub log: PathBuf,
 }
 
@@ -82,7 +84,7 @@ impl ServerProc {
         cmd.arg("server")
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--files-listen", "127.0.0.1:0"])
             .env_remove("BATCHAI_DATABASE_URL")
             .env("RUST_LOG", std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -108,7 +110,8 @@ impl ServerProc {
         // Keep draining stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let http = ready["http_url"].as_str().context("ready line has http_url")?.to_owned();
-        Ok(Self { _child: child, pid, bin: bin.to_owned(), data_dir, database_url, pg_name, http, log })
+        let files = ready["files_url"].as_str().map(str::to_owned);
+        Ok(Self { _child: child, pid, bin: bin.to_owned(), data_dir, database_url, pg_name, http, files, log })
     }
 
     /// Runs `batchai admin …` against this server's database; returns its JSON output.

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod models;
 pub mod names;
 pub mod protocol;
+pub mod range;
 pub mod state;
 pub mod time;
 pub mod validate;

@@ -9,6 +9,7 @@
 mod fleet;
 mod insert;
 mod sql;
+mod storage;
 mod types;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use batchai_core::time::Millis;
 
 pub use fleet::*;
 pub use sql::{PgStore, SqliteStore};
+pub use storage::*;
 pub use types::*;
 
 /// Errors of the persistence layer.
@@ -55,7 +57,7 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// The persistence interface. Implementations must be safe to share between tasks and, for
 /// Postgres, between processes.
 #[async_trait]
-pub trait Store: Fleet + Send + Sync + 'static {
+pub trait Store: Fleet + Storage + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> Result<()>;

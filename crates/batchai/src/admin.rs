@@ -1,5 +1,6 @@
-//! `batchai admin`: service principals and API tokens. Secrets are printed once, here, and
-//! stored only as hashes.
+//! `batchai admin`: service principals, API tokens, join tokens, nodes and storage accounts.
+//! Secrets are printed once, here, and stored only as hashes (storage account keys, which
+//! SharedKey checking needs, sealed under the master key).
 
 use anyhow::{Context, bail};
 use batchai_core::time::now_millis;
@@ -30,6 +31,33 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Storage accounts served by the Azure Files endpoint (`files_listen`).
+    StorageAccount {
+        #[command(subcommand)]
+        command: StorageAccountCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StorageAccountCommand {
+    /// Create an account; prints its name, key (shown once) and a connection string as JSON.
+    Create {
+        /// 3 to 24 lower-case letters and digits, as in Azure.
+        name: String,
+        /// The Files endpoint clients use, for the connection string (e.g. http://127.0.0.1:10004).
+        #[arg(long)]
+        files_url: Option<String>,
+    },
+    /// List accounts (no keys).
+    List,
+    /// Replace an account's key; prints the new one (shown once). The old key stops working.
+    RotateKey {
+        name: String,
+        #[arg(long)]
+        files_url: Option<String>,
+    },
+    /// Delete an account; its shares stay on disk under the storage root.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -108,8 +136,8 @@ pub async fn create_join_token(
 
 pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)?;
-    let store = batchai_store::connect(&cfg.database_url()).await.context("opening the database")?;
-    let store = store.as_ref();
+    let shared = batchai_store::connect(&cfg.database_url()).await.context("opening the database")?;
+    let store = shared.as_ref();
     let keys = batchai_api::auth::Keys::load(store).await?;
     match command {
         AdminCommand::Sp { command: SpCommand::Create { subscriptions, name } } => {
@@ -177,6 +205,56 @@ pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
                            "error": n.error, "last_seen": batchai_core::time::to_rfc3339(n.last_seen)})
                 );
             }
+        }
+        AdminCommand::StorageAccount { command } => storage_account(cfg, shared.clone(), command).await?,
+    }
+    Ok(())
+}
+
+/// The connection string azure-storage-file and the 12.x SDKs accept for a path-style endpoint.
+pub fn connection_string(name: &str, key: &str, files_url: &str) -> String {
+    let url = files_url.trim_end_matches('/');
+    let protocol = if url.starts_with("https://") { "https" } else { "http" };
+    format!("DefaultEndpointsProtocol={protocol};AccountName={name};AccountKey={key};FileEndpoint={url}/{name}")
+}
+
+/// Opens the storage accounts with the configured master key.
+pub fn accounts(
+    cfg: &Config,
+    store: std::sync::Arc<dyn batchai_store::Store>,
+) -> anyhow::Result<batchai_files::Accounts> {
+    let master = batchai_files::MasterKey::load_or_create(&cfg.storage_master_key())?;
+    Ok(batchai_files::Accounts::new(store, master))
+}
+
+async fn storage_account(
+    cfg: &Config,
+    store: std::sync::Arc<dyn batchai_store::Store>,
+    command: StorageAccountCommand,
+) -> anyhow::Result<()> {
+    let accounts = accounts(cfg, store)?;
+    let shown = |name: &str, key: &str, files_url: Option<String>| {
+        let mut out = json!({"name": name, "key": key});
+        if let Some(url) = files_url {
+            out["connection_string"] = connection_string(name, key, &url).into();
+        }
+        println!("{out}");
+    };
+    match command {
+        StorageAccountCommand::Create { name, files_url } => shown(&name, &accounts.create(&name).await?, files_url),
+        StorageAccountCommand::RotateKey { name, files_url } => shown(&name, &accounts.rotate(&name).await?, files_url),
+        StorageAccountCommand::List => {
+            for a in accounts.list().await? {
+                println!(
+                    "{}",
+                    json!({"name": a.name, "created_at": batchai_core::time::to_rfc3339(a.created_at),
+                           "key_rotated_at": batchai_core::time::to_rfc3339(a.key_rotated_at)})
+                );
+            }
+        }
+        StorageAccountCommand::Delete { name } => {
+            accounts.delete(&name).await?;
+            println!("{}", json!({"deleted": name}));
         }
     }
     Ok(())

@@ -26,6 +26,13 @@ pub struct Config {
     /// (unset: `{data_dir}/storage`). Shared storage: the server lists and serves job output
     /// from it, so every machine running jobs must see the same directory (an NFS mount).
     pub storage_root: Option<PathBuf>,
+    /// The Azure Files endpoint (path style, `{url}/{account}/{share}/…`): plain HTTP on a
+    /// loopback address, HTTPS with the server's certificate on any other. Unset: not served
+    /// (`batchai dev` serves it on a free loopback port).
+    pub files_listen: Option<SocketAddr>,
+    /// The key that seals storage account keys at rest (unset: `{data_dir}/storage-master.key`,
+    /// created on first use). Every server on one database needs the same file.
+    pub storage_master_key: Option<PathBuf>,
     /// PEM certificate chain and key; generated into the data dir when unset.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -64,13 +71,16 @@ pub struct Config {
     pub stop_grace_secs: u64,
     /// `batchai agent`: how jobs run. `auto` (default) uses Docker when an engine answers
     /// (`DOCKER_HOST` or the local socket), else host processes only; `docker` requires it;
-    /// `process` never uses it (jobs with `containerSettings` then fail on this node).
+    /// `process` never uses it (jobs with `containerSettings` then fail on this node, unless
+    /// `image_map` sends their image to `host`).
     pub runtime: String,
     /// `batchai agent`: Docker network mode of job containers: `host` (default: jobs get the
     /// node's address) or `container:<name>` when the agent itself runs in a container.
     pub docker_network: String,
     /// `batchai agent`: image redirections (TOML `[[image_map]]` tables: `pattern`, `image`),
-    /// first match wins; a trailing `*` in both carries the rest of the name over.
+    /// first match wins; a trailing `*` in both carries the rest of the name over. The image
+    /// `host` runs the job's processes on the host, without a container, as for a job without
+    /// `containerSettings` (e.g. a node without Docker that has the job's tools installed).
     pub image_map: Vec<ImageMapping>,
     /// VM sizes of the operator's own machines, beside Azure's catalogue (TOML
     /// `[[custom_vm_sizes]]` tables: name, family, cores, memory_mib, gpus).
@@ -85,6 +95,8 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             http_listen: None,
             storage_root: None,
+            files_listen: None,
+            storage_master_key: None,
             tls_cert: None,
             tls_key: None,
             public_url: None,
@@ -121,11 +133,14 @@ pub struct ImageMapping {
     pub image: String,
 }
 
-/// `batchai dev`'s image map when none is configured: the CNTK images of Batch AI's quickstarts
-/// run in the local Python image (`scripts/build-images.sh`), where `examples/cntk-mnist`
-/// stands in for CNTK.
-pub fn dev_image_map() -> Vec<ImageMapping> {
-    vec![ImageMapping { pattern: "microsoft/cntk:*".into(), image: "batchai/python:latest".into() }]
+/// `batchai dev`'s image map when none is configured, so Batch AI's CNTK quickstart runs
+/// (`examples/cntk-mnist` stands in for CNTK and needs only Python): with Docker its CNTK images
+/// run in the local Python image (`scripts/build-images.sh`); without Docker they map to `host`
+/// and the job runs with the machine's own Python, where it would otherwise fail for want of
+/// containers.
+pub fn dev_image_map(docker: bool) -> Vec<ImageMapping> {
+    let image = if docker { "batchai/python:latest" } else { batchai_agent::images::HOST };
+    vec![ImageMapping { pattern: "microsoft/cntk:*".into(), image: image.into() }]
 }
 
 /// Flags that override the other layers; unset flags leave them alone.
@@ -156,6 +171,10 @@ pub struct ServerOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_listen: Option<SocketAddr>,
+    /// Serve the Azure Files endpoint on this address (port 0 picks a free port).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_listen: Option<SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,6 +276,10 @@ impl Config {
         self.storage_root.clone().unwrap_or_else(|| self.data_dir.join("storage"))
     }
 
+    pub fn storage_master_key(&self) -> PathBuf {
+        self.storage_master_key.clone().unwrap_or_else(|| self.data_dir.join("storage-master.key"))
+    }
+
     pub fn api_settings(&self) -> batchai_api::ApiSettings {
         batchai_api::ApiSettings {
             lro_delay: Duration::from_millis(self.lro_delay_ms),
@@ -297,17 +320,15 @@ impl Config {
             storage_root: self.storage_root.clone(),
             sync_wait: Duration::from_millis(self.agent_max_wait_ms),
             stop_grace: Duration::from_secs(self.stop_grace_secs),
+            image_map: batchai_agent::images::ImageMap(
+                self.image_map.iter().map(|m| (m.pattern.clone(), m.image.clone())).collect(),
+            ),
         })
     }
 
     /// How the agent's job containers run.
     pub fn docker_config(&self) -> batchai_agent::runtime::DockerConfig {
-        batchai_agent::runtime::DockerConfig {
-            image_map: batchai_agent::runtime::ImageMap(
-                self.image_map.iter().map(|m| (m.pattern.clone(), m.image.clone())).collect(),
-            ),
-            network: self.docker_network.clone(),
-        }
+        batchai_agent::runtime::DockerConfig { network: self.docker_network.clone() }
     }
 }
 
@@ -351,12 +372,17 @@ mod tests {
             let cfg = Config::load(&flags(None, Some("data")), None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.storage_root(), PathBuf::from("data/storage"));
             assert_eq!(cfg.api_settings().storage_root, PathBuf::from("data/storage"));
+            assert_eq!(cfg.storage_master_key(), PathBuf::from("data/storage-master.key"));
+            assert_eq!(cfg.files_listen, None, "the Files endpoint is opt-in for `server`");
             jail.create_file("batchai.toml", "storage_root = \"/mnt/from-file\"\n")?;
             let cfg = Config::load(&flags(Some("batchai.toml"), None), None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.storage_root(), PathBuf::from("/mnt/from-file"));
             jail.set_env("BATCHAI_STORAGE_ROOT", "/mnt/shared");
             let cfg = Config::load(&flags(Some("batchai.toml"), None), None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.api_settings().storage_root, PathBuf::from("/mnt/shared"), "env beats file");
+            jail.set_env("BATCHAI_FILES_LISTEN", "0.0.0.0:10004");
+            let cfg = Config::load(&flags(None, None), None).map_err(|e| e.to_string())?;
+            assert_eq!(cfg.files_listen, Some(SocketAddr::from(([0, 0, 0, 0], 10004))));
             Ok(())
         });
     }
@@ -401,10 +427,11 @@ mod tests {
             )?;
             let cfg = Config::load(&flags(Some("agent.toml"), None), None).map_err(|e| e.to_string())?;
             assert_eq!(cfg.runtime, "docker");
-            let docker = cfg.docker_config();
-            assert_eq!(docker.network, "container:agent-1");
-            assert_eq!(docker.image_map.resolve("microsoft/cntk:2.1"), "batchai/busybox:latest");
-            assert_eq!(docker.image_map.resolve("ubuntu:18.04"), "mirror.local/ubuntu:18.04");
+            assert_eq!(cfg.docker_config().network, "container:agent-1");
+            let agent = Config { server_url: Some("http://s".into()), ..cfg.clone() };
+            let map = agent.agent_config(PathBuf::from("n")).map_err(|e| e.to_string())?.image_map;
+            assert_eq!(map.resolve("microsoft/cntk:2.1"), "batchai/busybox:latest");
+            assert_eq!(map.resolve("ubuntu:18.04"), "mirror.local/ubuntu:18.04");
             let bare = Config::load(&flags(None, None), None).map_err(|e| e.to_string())?;
             assert_eq!((bare.runtime.as_str(), bare.docker_network.as_str()), ("auto", "host"));
             jail.set_env("BATCHAI_RUNTIME", "process");
@@ -417,6 +444,18 @@ mod tests {
             assert!(err.contains("'auto', 'docker' or 'process'"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_dev_image_map_runs_the_cntk_quickstart_with_or_without_docker() {
+        let resolve = |docker: bool| {
+            let cfg =
+                Config { server_url: Some("http://s".into()), image_map: dev_image_map(docker), ..Config::default() };
+            let map = cfg.agent_config(PathBuf::from("n")).unwrap().image_map;
+            (map.resolve("microsoft/cntk:2.0-cpu-python3.5"), map.container_image("ubuntu"))
+        };
+        assert_eq!(resolve(true), ("batchai/python:latest".to_owned(), Some("ubuntu".to_owned())));
+        assert_eq!(resolve(false), (batchai_agent::images::HOST.to_owned(), Some("ubuntu".to_owned())));
     }
 
     #[test]

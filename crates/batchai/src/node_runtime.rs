@@ -16,7 +16,7 @@ pub async fn pick(cfg: &Config) -> anyhow::Result<Arc<dyn Runtime>> {
         _ => match docker().await {
             Ok(runtime) => Arc::new(runtime),
             Err(e) => {
-                tracing::warn!(error = %e, "no Docker engine: jobs run as host processes, and jobs with containerSettings fail on this node");
+                tracing::warn!(error = %e, "no Docker engine: jobs run as host processes, and jobs with containerSettings fail on this node unless the image map sends their image to `host`");
                 Arc::new(ProcessRuntime::new())
             }
         },

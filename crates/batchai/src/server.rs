@@ -44,6 +44,7 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     let https_app = batchai_api::router(state.clone(), Scheme::Https);
     let https_task = tokio::spawn({
         let handle = handle.clone();
+        let rustls_config = rustls_config.clone();
         async move {
             axum_server::from_tcp_rustls(https, rustls_config)?
                 .handle(handle)
@@ -68,6 +69,11 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
                 .await
         }));
     }
+    let files_addr = cfg.files_listen.or(dev.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+    let files = match files_addr {
+        Some(addr) => Some(start_files(&cfg, &state, addr, rustls_config.clone()).await?),
+        None => None,
+    };
     let runner = tokio::spawn(batchai_api::lro::run(state.clone(), stop_rx.clone()));
     let scheduler = tokio::spawn(batchai_scheduler::runner::run(
         state.store.clone(),
@@ -89,17 +95,28 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     if let Some(u) = &http_url {
         println!("plain HTTP (loopback) on {u}");
     }
+    if let Some(f) = &files {
+        println!("Azure Files endpoint on {} (path style: {}/<account>/<share>/…)", f.url, f.url);
+    }
     println!("trust this CA certificate: {ca}");
     println!("CA SHA-256 fingerprint: {fingerprint}");
     println!("tenant: {}", state.keys.tenant);
     bootstrap(&state, &cfg, &data_dir, &https_url, &ca).await?;
+    let files_url = files.as_ref().map(|f| f.url.clone());
     let agent = match (dev, &http_url) {
-        (true, Some(url)) => Some(start_dev_agent(&state, &cfg, &data_dir, url, stop_rx.clone()).await?),
+        (true, Some(url)) => {
+            let storage = match &files {
+                Some(f) => Some(dev_storage_env(f).await?),
+                None => None,
+            };
+            Some(start_dev_agent(&state, &cfg, &data_dir, url, storage, stop_rx.clone()).await?)
+        }
         _ => None,
     };
     println!(
         "BATCHAI_READY {}",
-        json!({"https_url": https_url, "http_url": http_url, "ca_cert": ca, "tenant": state.keys.tenant})
+        json!({"https_url": https_url, "http_url": http_url, "files_url": files_url, "ca_cert": ca,
+               "tenant": state.keys.tenant})
     );
 
     shutdown_signal().await;
@@ -110,6 +127,10 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     if let Some(t) = http_task {
         let _ = t.await;
     }
+    if let Some(f) = files {
+        f.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        let _ = f.task.await;
+    }
     for task in [runner, scheduler, watcher] {
         let _ = task.await;
     }
@@ -119,6 +140,64 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The running Azure Files endpoint.
+struct FilesEndpoint {
+    url: String,
+    accounts: std::sync::Arc<batchai_files::Accounts>,
+    handle: axum_server::Handle<std::net::SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Serves the Files endpoint on `addr`: plain HTTP on loopback, HTTPS with the server's
+/// certificate elsewhere (SharedKey signs requests but does not hide the data).
+async fn start_files(
+    cfg: &Config,
+    state: &AppState,
+    addr: std::net::SocketAddr,
+    tls: axum_server::tls_rustls::RustlsConfig,
+) -> anyhow::Result<FilesEndpoint> {
+    let accounts = std::sync::Arc::new(crate::admin::accounts(cfg, state.store.clone())?);
+    let shares = batchai_files::Shares::open(&state.settings.storage_root)
+        .with_context(|| format!("opening the storage root {}", state.settings.storage_root.display()))?;
+    let https = !addr.ip().is_loopback();
+    let app = batchai_files::router(batchai_files::FilesState {
+        accounts: accounts.clone(),
+        shares: std::sync::Arc::new(shares),
+        https,
+    })
+    .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding the Files endpoint {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let task = if https {
+        let server = axum_server::from_tcp_rustls(listener, tls)?.handle(handle.clone());
+        tokio::spawn(async move { server.serve(app).await })
+    } else {
+        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        tokio::spawn(async move { server.serve(app).await })
+    };
+    let scheme = if https { "https" } else { "http" };
+    Ok(FilesEndpoint { url: format!("{scheme}://{local}"), accounts, handle, task })
+}
+
+/// The account `batchai dev` serves for the quickstart, and the client settings for it.
+const DEV_ACCOUNT: &str = "batchaidev";
+
+async fn dev_storage_env(files: &FilesEndpoint) -> anyhow::Result<String> {
+    use base64::Engine;
+    let key = match files.accounts.key(DEV_ACCOUNT).await? {
+        Some(k) => base64::engine::general_purpose::STANDARD.encode(k.as_slice()),
+        None => files.accounts.create(DEV_ACCOUNT).await?,
+    };
+    let conn = crate::admin::connection_string(DEV_ACCOUNT, &key, &files.url);
+    Ok(format!(
+        "export BATCHAI_FILES_URL={url}\nexport STORAGE_ACCOUNT_NAME={DEV_ACCOUNT}\nexport STORAGE_ACCOUNT_KEY={key}\n\
+         export AZURE_STORAGE_CONNECTION_STRING='{conn}'\n",
+        url = files.url
+    ))
+}
+
 /// `batchai dev`: joins a local agent (data in `data_dir/agent`, every VM size) and writes
 /// `data_dir/dev.env` with what a client needs.
 async fn start_dev_agent(
@@ -126,22 +205,26 @@ async fn start_dev_agent(
     cfg: &Config,
     data_dir: &std::path::Path,
     http_url: &str,
+    storage_env: Option<String>,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let agent_dir = data_dir.join("agent");
     let mut agent_cfg = Config { server_url: Some(http_url.to_owned()), vm_sizes: vec!["*".into()], ..cfg.clone() };
-    if agent_cfg.image_map.is_empty() {
-        agent_cfg.image_map = crate::config::dev_image_map();
-    }
     if !agent_dir.join("node.json").exists() {
         let (_, token) = crate::admin::create_join_token(state.store.as_ref(), "dev", Some(600)).await?;
         agent_cfg.join_token = Some(token);
     }
     let runtime = crate::node_runtime::pick(&agent_cfg).await?;
+    let docker = runtime.name() == "docker";
+    if agent_cfg.image_map.is_empty() {
+        agent_cfg.image_map = crate::config::dev_image_map(docker);
+    }
     let agent_cfg = agent_cfg.agent_config(agent_dir)?;
-    let runs = match runtime.name() {
-        "docker" => "jobs with containerSettings run in Docker, the others on this machine",
-        _ => "jobs run on this machine (no Docker: jobs with containerSettings fail)",
+    let runs = if docker {
+        "jobs with containerSettings run in Docker, the others on this machine"
+    } else {
+        "jobs run on this machine; images mapped to `host` in the image map (the CNTK quickstart's) run on the \
+         host too, other container jobs fail"
     };
     let task = tokio::spawn(async move {
         if let Err(e) = batchai_agent::agent::run(agent_cfg, runtime, stop).await {
@@ -151,7 +234,7 @@ async fn start_dev_agent(
     let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.env"))
         .context("reading bootstrap.env (the dev data dir was not created by `batchai dev`?)")?;
     let path = data_dir.join("dev.env");
-    write_private(&path, &bootstrap)?;
+    write_private(&path, &(bootstrap + &storage_env.unwrap_or_default()))?;
     println!(
         "batchai dev: a local agent serves every VM size; {runs}; job files live in {}",
         cfg.storage_root().display()

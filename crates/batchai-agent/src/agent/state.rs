@@ -333,7 +333,7 @@ impl State {
         let report =
             TaskReport { job: key.0.clone(), epoch: key.1, phase: TaskPhase::Preparing, exit_code: None, error: None };
         self.save_marker(&report);
-        let containers = resume || assignment.spec.container_settings.is_some();
+        let containers = resume || self.node.container_image(&assignment.spec).is_some();
         let launch = Launch { gpus, resume };
         let (stop, stop_rx) = watch::channel(false);
         let (node, runtime, reports) = (self.node.clone(), self.runtime.clone(), self.task_reports.clone());

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-pub use docker::{DockerConfig, DockerRunning, DockerRuntime, ImageMap};
+pub use docker::{DockerConfig, DockerRunning, DockerRuntime};
 pub use fake::{FakeRuntime, Script, StartedProcess};
 pub use process::{ProcessRunning, ProcessRuntime};
 
@@ -46,7 +46,8 @@ pub struct ProcessSpec {
 /// The container a process runs in, for runtimes that have containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerSpec {
-    /// As the job names it; the runtime may redirect it (an operator's image map).
+    /// The image to run, as given: the executor has already applied the node's image map
+    /// ([`crate::images`]).
     pub image: String,
     pub registry: Option<RegistryAuth>,
     /// UUIDs of the GPUs the container may see (as [`batchai_core::protocol::Gpu::uuid`]).

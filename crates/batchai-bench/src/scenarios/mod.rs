@@ -2,6 +2,7 @@
 
 pub mod container;
 pub mod control_plane;
+pub mod files;
 pub mod heartbeat;
 pub mod placement;
 pub mod trivial;

@@ -72,13 +72,23 @@ fn safe_name(s: &str) -> Result<&str, MountError> {
     if ok { Ok(s) } else { Err(MountError::BadName(s.to_string())) }
 }
 
-/// The share a file URL names: `(account, share)`, lower-cased as Azure treats them.
+/// The share a file URL names: `(account, share)`, lower-cased as Azure treats them. Two
+/// forms: Azure's host style `https://{account}.file.{suffix}/{share}`, and the path style of
+/// a local Files endpoint, `http(s)://{host}:{port}/{account}/{share}` (what the quickstart
+/// builds from `FileService.primary_endpoint`).
 pub fn parse_file_url(url: &str) -> Result<(String, String), MountError> {
     let bad = || MountError::BadFileUrl(url.to_string());
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://")).ok_or_else(bad)?;
     let (host, path) = rest.split_once('/').ok_or_else(bad)?;
-    let account = host.split('.').next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
-    let share = path.trim_end_matches('/').split('/').next().filter(|s| !s.is_empty()).ok_or_else(bad)?;
+    let mut segments = path.trim_end_matches('/').split('/').filter(|s| !s.is_empty());
+    let (account, share) = match host.split_once('.') {
+        Some((account, domain)) if domain.starts_with("file.") => (account, segments.next()),
+        _ => (segments.next().ok_or_else(bad)?, segments.next()),
+    };
+    let share = share.ok_or_else(bad)?;
+    if account.is_empty() {
+        return Err(bad());
+    }
     Ok((safe_name(account)?.to_lowercase(), safe_name(share)?.to_lowercase()))
 }
 
@@ -168,8 +178,23 @@ mod tests {
     }
 
     #[test]
+    fn file_urls_in_host_and_path_style() {
+        let p = |u: &str| parse_file_url(u).unwrap();
+        assert_eq!(p("https://acct.file.core.windows.net/share"), ("acct".into(), "share".into()));
+        assert_eq!(p("https://127.0.0.1:10004/batchaidev/Share/"), ("batchaidev".into(), "share".into()));
+        assert_eq!(p("http://files.example:10004/acct/share/dir"), ("acct".into(), "share".into()));
+    }
+
+    #[test]
     fn hostile_urls_are_refused() {
-        for url in ["ftp://a/b", "https://a.file.core.windows.net/", "https://../x", "https://a.b/../c"] {
+        for url in [
+            "ftp://a/b",
+            "https://a.file.core.windows.net/",
+            "https://../x",
+            "https://a.b/../c",
+            "https://h:1/acct",
+            "https://h/../x",
+        ] {
             assert!(parse_file_url(url).is_err(), "{url}");
         }
     }

@@ -27,14 +27,11 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
-pub use spec::ImageMap;
-
 use super::{ContainerSpec, Exit, ProcessRuntime, ProcessSpec, Running, Runtime, RuntimeError, TaskOwner};
 
 /// How job containers run on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DockerConfig {
-    pub image_map: ImageMap,
     /// Docker's network mode for job containers. `host` (the default) gives a job the node's
     /// own address and ports, so the nodes of a multi-node job reach each other at the
     /// addresses in their host file, as on Batch AI. An agent that itself runs in a container
@@ -44,7 +41,7 @@ pub struct DockerConfig {
 
 impl Default for DockerConfig {
     fn default() -> Self {
-        Self { image_map: ImageMap::default(), network: "host".to_owned() }
+        Self { network: "host".to_owned() }
     }
 }
 
@@ -127,8 +124,8 @@ impl DockerRuntime {
         spec: ProcessSpec,
         container: &ContainerSpec,
     ) -> Result<DockerRunning, RuntimeError> {
-        let image = self.cfg.image_map.resolve(&container.image);
-        let body = spec::create_body(&spec, container, &image, &self.cfg.network)
+        let image = &container.image;
+        let body = spec::create_body(&spec, container, image, &self.cfg.network)
             .map_err(|message| RuntimeError::Engine { context: format!("container for {}", spec.name), message })?;
         // Created here, by the agent, so they exist (and are the agent's) even if the container
         // never starts.
@@ -204,11 +201,8 @@ impl Runtime for DockerRuntime {
         let say = |line: String| {
             let _ = progress.send(line);
         };
-        let image = self.cfg.image_map.resolve(&container.image);
-        if image != container.image {
-            say(format!("image {} is mapped to {image} on this node", container.image));
-        }
-        match self.docker.inspect_image(&image).await {
+        let image = &container.image;
+        match self.docker.inspect_image(image).await {
             Ok(_) => {
                 say(format!("using image {image}, present on the node"));
                 return Ok(());
@@ -216,7 +210,7 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(engine(format!("inspecting image {image}"))(e)),
         }
-        let reference = spec::with_tag(&image);
+        let reference = spec::with_tag(image);
         let registry = container.registry.as_ref();
         let server = registry.and_then(|r| r.server.clone());
         say(format!("pulling image {reference} from {}", server.as_deref().unwrap_or("the default registry")));

@@ -1,5 +1,5 @@
-//! Pure translations from a job's process to what the Docker API wants: the image name after
-//! the operator's map, the container's name and labels, and its create body.
+//! Pure translations from a job's process to what the Docker API wants: the reference to pull,
+//! the container's name and labels, and its create body.
 
 use std::collections::HashMap;
 
@@ -17,30 +17,6 @@ pub(super) const LABEL_PROCESS: &str = "io.batchai.process";
 /// without bash. Output written by the process itself, not relayed by the agent, is complete
 /// whatever happens to the agent. `$0` names the script, then stdout, stderr, command.
 const ENTRYPOINT: &str = r#"exec >>"$1" 2>>"$2"; shift 2; if command -v bash >/dev/null 2>&1; then exec bash -c "$1"; else exec /bin/sh -c "$1"; fi"#;
-
-/// Redirects image names, in order, first match wins: an operator maps the public images of old
-/// job definitions to local or mirrored ones. A pattern ending in `*` matches any name that
-/// starts with the rest; a replacement ending in `*` gets what the `*` matched.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageMap(pub Vec<(String, String)>);
-
-impl ImageMap {
-    pub fn resolve(&self, image: &str) -> String {
-        for (pattern, replacement) in &self.0 {
-            let matched = match pattern.strip_suffix('*') {
-                Some(prefix) => image.strip_prefix(prefix),
-                None => (image == pattern).then_some(""),
-            };
-            if let Some(rest) = matched {
-                return match replacement.strip_suffix('*') {
-                    Some(base) => format!("{base}{rest}"),
-                    None => replacement.clone(),
-                };
-            }
-        }
-        image.to_owned()
-    }
-}
 
 /// The reference to pull: Docker pulls every tag of a repository named without one.
 pub(super) fn with_tag(image: &str) -> String {
@@ -114,7 +90,7 @@ pub(super) fn device_requests(gpus: &[String]) -> Option<Vec<DeviceRequest>> {
     })
 }
 
-/// The create body for `spec` in `container`, from `image` (already mapped), on `network`.
+/// The create body for `spec` in `container`, from `image`, on `network`.
 pub(super) fn create_body(
     spec: &ProcessSpec,
     container: &ContainerSpec,
@@ -161,19 +137,6 @@ mod tests {
                 .into(),
             epoch: 3,
         }
-    }
-
-    #[test]
-    fn the_image_map_redirects_exact_names_and_prefixes_first_match_wins() {
-        let map = ImageMap(vec![
-            ("microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0".into(), "batchai/python:test".into()),
-            ("tensorflow/tensorflow:*".into(), "mirror.local/tensorflow:*".into()),
-            ("*".into(), "batchai/busybox:test".into()),
-        ]);
-        assert_eq!(map.resolve("microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"), "batchai/python:test");
-        assert_eq!(map.resolve("tensorflow/tensorflow:1.8.0-gpu"), "mirror.local/tensorflow:1.8.0-gpu");
-        assert_eq!(map.resolve("ubuntu"), "batchai/busybox:test");
-        assert_eq!(ImageMap::default().resolve("ubuntu:18.04"), "ubuntu:18.04");
     }
 
     #[test]
