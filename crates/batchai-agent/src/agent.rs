@@ -34,6 +34,7 @@ use crate::facts::{self, FactsConfig};
 use crate::images::ImageMap;
 use crate::runtime::Runtime;
 use crate::setup::stopped;
+use crate::staging::Stager;
 
 mod state;
 
@@ -66,6 +67,9 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     /// The operator's image map ([`crate::images`]).
     pub image_map: ImageMap,
+    /// The node does not see the shared storage root: it keeps its own copy (`storage_root`,
+    /// else `data_dir/storage`) and stages shares through the server ([`crate::staging`]).
+    pub staged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,15 +108,23 @@ pub async fn run(
         .map_err(|e| AgentError::Config(format!("discovering the node's facts: {e}")))?;
     runtime.name().clone_into(&mut facts.runtime);
     let Some(identity) = identity(&cfg, &server, &facts, &mut shutdown).await? else { return Ok(()) };
+    let (storage_root, staging) = if cfg.staged {
+        let local = cfg.storage_root.clone().unwrap_or_else(|| cfg.data_dir.join("storage"));
+        let stager = Stager::new(server.http.clone(), &server.base, &identity.credential, local.clone());
+        (local, Some(Arc::new(stager)))
+    } else {
+        (cfg.storage_root.clone().unwrap_or_else(|| PathBuf::from(&identity.storage_root)), None)
+    };
     let node = NodeContext {
         node_id: identity.node_id.clone(),
         data_dir: cfg.data_dir.clone(),
-        storage_root: cfg.storage_root.clone().unwrap_or_else(|| PathBuf::from(&identity.storage_root)),
+        storage_root,
         gpus: facts.gpus.clone(),
         stop_grace: cfg.stop_grace,
         image_map: cfg.image_map.clone(),
+        staging,
     };
-    tracing::info!(node.id = %node.node_id, runtime = runtime.name(), storage_root = %node.storage_root.display(), "agent started");
+    tracing::info!(node.id = %node.node_id, runtime = runtime.name(), storage_root = %node.storage_root.display(), staged = cfg.staged, "agent started");
     let (mut state, mut events) = State::new(node, runtime, facts);
     let mut backoff = BACKOFF_FIRST;
     let result = loop {
@@ -308,6 +320,7 @@ mod tests {
             sync_wait: DEFAULT_SYNC_WAIT,
             stop_grace: DEFAULT_STOP_GRACE,
             image_map: ImageMap::default(),
+            staged: false,
         };
         assert!(matches!(Server::new(&cfg), Err(AgentError::Io { .. })), "a missing file");
         std::fs::write(&ca, "not a certificate").unwrap();

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ use tokio::sync::{mpsc, watch};
 use crate::gpus::cuda_env;
 use crate::images::ImageMap;
 use crate::runtime::{ContainerSpec, Exit, ProcessSpec, RegistryAuth, Running, Runtime, RuntimeError, TaskOwner};
-use crate::setup::{blocking, job_mounts, link_mounts, stopped};
+use crate::setup::{blocking, job_mounts, job_volumes, mount_volumes, stopped};
+use crate::staging::{PUSH_EVERY, Share, Stager, linked_shares};
 
 pub const JOB_PREPARATION_FAILED: &str = "JobPreparationFailed";
 pub const IMAGE_PULL_FAILED: &str = "ContainerImagePullFailed";
@@ -46,6 +48,9 @@ pub struct NodeContext {
     pub stop_grace: Duration,
     /// The operator's image map, applied to every job's `containerSettings` image.
     pub image_map: ImageMap,
+    /// Set when the node does not see the shared storage root: `storage_root` is the node's
+    /// own copy, synchronised through the server ([`crate::staging`]).
+    pub staging: Option<Arc<Stager>>,
 }
 
 impl NodeContext {
@@ -107,7 +112,29 @@ pub async fn execute(
             None => std::future::pending().await,
         }
     };
-    let end = if deadline.is_some_and(|at| at <= now_millis()) {
+    let staged = match &node.staging {
+        Some(stager) => match stage_in(node, stager, task).await {
+            Ok(shares) => Some((stager.clone(), shares)),
+            Err(message) => {
+                tracing::warn!(job.id = %task.id, error = %message, "staging the job's inputs failed");
+                let error = TaskError { code: JOB_PREPARATION_FAILED.to_owned(), message };
+                return run.report(TaskPhase::Exited, None, Some(error));
+            }
+        },
+        None => None,
+    };
+    let pushing = async {
+        match &staged {
+            Some((stager, shares)) => loop {
+                tokio::time::sleep(PUSH_EVERY).await;
+                if let Err(e) = push_all(stager, shares).await {
+                    tracing::warn!(job.id = %task.id, error = %e, "pushing the job's files to the server failed; retrying");
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let mut end = if deadline.is_some_and(|at| at <= now_millis()) {
         run.wall_clock_exceeded()
     } else {
         // `steps` leaves what it started in `run.procs`, so dropping it midway loses nothing.
@@ -116,6 +143,7 @@ pub async fn execute(
             end = run.steps() => Ok(end),
             () = stopped(&mut stop) => Err(Interrupt::Stop),
             () = wall_clock => Err(Interrupt::WallClock),
+            () = pushing => unreachable!("pushing never ends"),
         };
         match interrupted {
             Ok(end) => end,
@@ -136,6 +164,17 @@ pub async fn execute(
         (None, None) => "stopped".to_owned(),
     };
     run.log(&line).await;
+    if let Some((stager, shares)) = &staged
+        && let Err(e) = push_final(stager, shares).await
+    {
+        // The outputs did not reach the server: as lost as a failed write to a shared disk.
+        end = End::failed(JOB_FAILED, format!("the job's outputs could not be uploaded to the server: {e}"));
+    }
+    // The job's own mounts end with it.
+    let job_mount_root = node.job_temp_root().join(job_name(&task.id)).join("mounts");
+    if let Err(e) = blocking(move || crate::setup::unmount_all(&job_mount_root)).await {
+        tracing::warn!(job.id = %task.id, error = %e, "cannot take down the job's mounts");
+    }
     tracing::info!(job.id = %task.id, epoch = task.epoch, exit_code = ?end.exit_code, error = ?end.error, "task exited");
     run.report(TaskPhase::Exited, end.exit_code, end.error)
 }
@@ -373,22 +412,26 @@ impl Execution<'_> {
             shared_job_temp: &shared_job_temp,
         };
         let paths = env::job_paths(&ctx);
-        let mounts = job_mounts(task.spec.mount_volumes.as_ref(), &node.storage_root).map_err(|e| e.to_string())?;
+        let volumes = job_volumes(task.spec.mount_volumes.as_ref(), &node.storage_root, &task.file_servers)
+            .map_err(|e| format!("cannot mount the job's volumes: {e}"))?;
         let hostfile = env::hostfile(&task.nodes, None);
         let mut dirs = vec![paths.job_temp.clone(), paths.shared_job_temp.clone(), paths.stdouterr.clone()];
         dirs.extend(paths.outputs.iter().map(|(_, p)| p.clone()));
-        let (keep, root, job_mount_root, hostfile_path) =
-            (name.to_owned(), job_temp_root.clone(), paths.job_mount_root.clone(), paths.hostfile.clone());
+        let (keep, root, hostfile_path) = (name.to_owned(), job_temp_root.clone(), paths.hostfile.clone());
+        // AZ_BATCHAI_JOB_TEMP_DIR is wiped when a node starts a new job. Links are removed, never
+        // followed, so shares mounted in an old job are untouched.
+        blocking(move || wipe_except(&root, &keep))
+            .await
+            .map_err(|e| format!("cannot prepare the job's directories: {e}"))?;
+        // Mounted before the directories are made: they may lie on a mount.
+        mount_volumes(&paths.job_mount_root, volumes)
+            .await
+            .map_err(|e| format!("cannot mount the job's volumes: {e}"))?;
         blocking(move || {
-            // AZ_BATCHAI_JOB_TEMP_DIR is wiped when a node starts a new job. Links are removed,
-            // never followed, so shares mounted in an old job are untouched.
-            wipe_except(&root, &keep)?;
             for dir in &dirs {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
             }
-            crate::setup::unmount_all(&job_mount_root)?;
-            link_mounts(&job_mount_root, &mounts)?;
             std::fs::write(&hostfile_path, hostfile)
         })
         .await
@@ -534,6 +577,55 @@ impl Execution<'_> {
     }
 }
 
+/// Fetches the shares the job can see (its cluster's mounts and its own) before it starts.
+async fn stage_in(node: &NodeContext, stager: &Stager, task: &TaskAssignment) -> Result<Vec<Share>, String> {
+    let root = node.storage_root.clone();
+    let mount_root = node.mount_root();
+    let mut shares = blocking(move || Ok(linked_shares(&[mount_root], &root))).await.map_err(|e| e.to_string())?;
+    for m in job_mounts(task.spec.mount_volumes.as_ref(), &node.storage_root).map_err(|e| e.to_string())? {
+        if let Ok(rel) = m.source.strip_prefix(&node.storage_root) {
+            let mut parts = rel.iter().filter_map(|p| p.to_str());
+            if let (Some(account), Some(share)) = (parts.next(), parts.next()) {
+                shares.push(Share { account: account.to_owned(), share: share.to_owned() });
+            }
+        }
+    }
+    shares.sort();
+    shares.dedup();
+    for share in &shares {
+        let fetched =
+            stager.pull(share).await.map_err(|e| format!("fetching {}/{}: {e}", share.account, share.share))?;
+        tracing::info!(job.id = %task.id, account = %share.account, share = %share.share, fetched, "share staged in");
+    }
+    Ok(shares)
+}
+
+async fn push_all(stager: &Stager, shares: &[Share]) -> Result<usize, crate::staging::StagingError> {
+    let mut pushed = 0;
+    for share in shares {
+        pushed += stager.push(share).await?;
+    }
+    Ok(pushed)
+}
+
+/// The last push, after the job's processes ended: retried, since what it misses is lost.
+async fn push_final(stager: &Arc<Stager>, shares: &[Share]) -> Result<usize, crate::staging::StagingError> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match push_all(stager, shares).await {
+            Ok(n) => return Ok(n),
+            Err(e) if attempt >= 5 => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "pushing the job's outputs failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
+    }
+}
+
 fn describe(exit: Exit) -> String {
     match exit {
         Exit::Code(code) => format!("exited with code {code}"),
@@ -590,6 +682,10 @@ fn wipe_except(root: &Path, keep: &str) -> std::io::Result<()> {
             continue;
         }
         if entry.file_type()?.is_dir() {
+            // An old job's mounts go first: removing files through one would delete what it serves.
+            if let Some(busy) = crate::mounts::unmount_under(&entry.path()).first() {
+                return Err(std::io::Error::other(format!("{} is still mounted", busy.display())));
+            }
             std::fs::remove_dir_all(entry.path())?;
         } else {
             std::fs::remove_file(entry.path())?;

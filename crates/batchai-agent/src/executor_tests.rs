@@ -20,6 +20,7 @@ pub(crate) fn node(dir: &Path) -> NodeContext {
         gpus: Vec::new(),
         stop_grace: GRACE,
         image_map: ImageMap::default(),
+        staging: None,
     }
 }
 
@@ -44,6 +45,7 @@ pub(crate) fn task(extra: serde_json::Value) -> TaskAssignment {
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     }
 }
 

@@ -14,11 +14,14 @@
 //! - [`agent`]: joining the server and the sync loop ([`agent::run`] is the entry point).
 //! - [`executor`]: one node's part of a job, from directories to exit code.
 //! - [`setup`]: preparing the node for its cluster (mounts, setup task).
+//! - [`mounts`]: real mounts (file servers over NFS, unmanaged file systems) and unmounting.
 
 pub mod agent;
 pub mod executor;
 pub mod facts;
 pub mod gpus;
 pub mod images;
+pub mod mounts;
 pub mod runtime;
 pub mod setup;
+pub mod staging;

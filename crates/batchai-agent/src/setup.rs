@@ -1,8 +1,10 @@
 //! Preparing the node for its cluster: the cluster's mount volumes and its setup task.
 //!
-//! Mounts are not network mounts: a share or container is a directory under the storage root
+//! Shares and containers are not network mounts: each is a directory under the storage root
 //! ([`paths::mount_sources`]) and "mounting" it is a symlink `mount_root/<relativeMountPath>` →
-//! that directory. The same links serve job-level mounts under a job's mount root.
+//! that directory; so is a file server whose export is a local path. File servers exported over
+//! NFS and unmanaged file systems are real mounts ([`crate::mounts`]). The same code serves
+//! job-level mounts under a job's mount root.
 //!
 //! The setup task runs once per allocation (`alloc_epoch`), as a process of the runtime, and
 //! logs to `P(stdOutErrPathPrefix)/<stdOutErrPathSuffix>/stdout-<nodeId>.txt` and
@@ -14,7 +16,9 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use batchai_core::contract::paths::{self, Mount};
+use batchai_core::contract::volumes::{self, Volume};
 use batchai_core::models::{MountVolumes, SetupTask};
+use batchai_core::protocol::FileServerExport;
 use batchai_core::protocol::{ClusterAssignment, SetupReport};
 use tokio::sync::watch;
 
@@ -44,14 +48,14 @@ pub async fn prepare(
     let node_setup = cluster.spec.node_setup.clone().unwrap_or_default();
     let error = async {
         let volumes = node_setup.mount_volumes.unwrap_or_default();
-        let mounts = paths::mount_sources(&volumes, &ctx.storage_root).map_err(|e| e.to_string())?;
-        let root = ctx.mount_root.clone();
-        blocking(move || {
-            unmount_all(&root)?;
-            link_mounts(&root, &mounts)
-        })
-        .await
-        .map_err(|e| format!("cannot mount the cluster's volumes: {e}"))?;
+        let volumes = volumes::volumes(&volumes, &ctx.storage_root, &cluster.file_servers)
+            .map_err(|e| format!("cannot mount the cluster's volumes: {e}"))?;
+        tokio::select! {
+            mounted = mount_volumes(&ctx.mount_root, volumes) => {
+                mounted.map_err(|e| format!("cannot mount the cluster's volumes: {e}"))?;
+            }
+            () = stopped(&mut stop) => return Err("mounting the cluster's volumes was stopped".to_owned()),
+        }
         match &node_setup.setup_task {
             Some(task) => run_setup_task(ctx, runtime, task, &mut stop).await,
             None => Ok(()),
@@ -141,12 +145,53 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T
     tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
 }
 
-/// The volumes of `mounts` (none when absent) as directories under the storage root.
+/// The shares and containers of `mounts` (none when absent) as directories under the storage
+/// root.
 pub fn job_mounts(volumes: Option<&MountVolumes>, storage_root: &Path) -> Result<Vec<Mount>, paths::MountError> {
     match volumes {
         Some(v) => paths::mount_sources(v, storage_root),
         None => Ok(Vec::new()),
     }
+}
+
+/// Every volume of a job's `mounts` (none when absent), its file servers resolved by `servers`.
+pub fn job_volumes(
+    volumes: Option<&MountVolumes>,
+    storage_root: &Path,
+    servers: &[FileServerExport],
+) -> Result<Vec<Volume>, paths::MountError> {
+    match volumes {
+        Some(v) => volumes::volumes(v, storage_root, servers),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Makes `volumes` appear under `root`, after taking down whatever was there: links first (a
+/// file server's local export must exist), then NFS mounts and mount commands in order.
+pub async fn mount_volumes(root: &Path, volumes: Vec<Volume>) -> Result<(), String> {
+    let mut links = Vec::new();
+    for v in &volumes {
+        if let Volume::Link { mount, create } = v {
+            links.push((mount.clone(), *create));
+        }
+    }
+    let dir = root.to_owned();
+    blocking(move || {
+        unmount_all(&dir)?;
+        for (m, create) in &links {
+            if !create && !m.source.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the file server export {} is not a directory on this node", m.source.display()),
+                ));
+            }
+        }
+        let mounts: Vec<Mount> = links.into_iter().map(|(m, _)| m).collect();
+        link_mounts(&dir, &mounts)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    crate::mounts::mount(root, &volumes).await
 }
 
 /// Makes each mount appear under `root`: creates its source directory and a symlink
@@ -187,9 +232,16 @@ pub fn link_mounts(root: &Path, mounts: &[Mount]) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes every symlink under `root` (never following one), and the directories that held
-/// only links. A missing root is already unmounted.
+/// Unmounts what is mounted under `root` (best effort, [`crate::mounts::unmount_under`]), then
+/// removes every symlink under it (never following one) and the directories that held only
+/// links. Never descends into a file system still mounted there. A missing root is already
+/// unmounted.
 pub fn unmount_all(root: &Path) -> io::Result<()> {
+    let still_mounted = crate::mounts::unmount_under(root);
+    remove_links(root, &still_mounted)
+}
+
+fn remove_links(root: &Path, still_mounted: &[PathBuf]) -> io::Result<()> {
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -201,9 +253,13 @@ pub fn unmount_all(root: &Path) -> io::Result<()> {
         if kind.is_symlink() {
             std::fs::remove_file(entry.path())?;
         } else if kind.is_dir() {
-            unmount_all(&entry.path())?;
+            let path = entry.path();
+            if still_mounted.iter().any(|m| m.starts_with(&path)) {
+                continue;
+            }
+            remove_links(&path, still_mounted)?;
             // Only succeeds when nothing but links was there.
-            let _ = std::fs::remove_dir(entry.path());
+            let _ = std::fs::remove_dir(path);
         }
     }
     Ok(())
@@ -215,6 +271,40 @@ mod tests {
 
     fn mount(rel: &str, source: &Path) -> Mount {
         Mount { relative_mount_path: rel.to_owned(), source: source.to_owned() }
+    }
+
+    #[tokio::test]
+    async fn file_servers_and_unmanaged_file_systems_are_mounted_and_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, export) = (dir.path().join("mounts"), dir.path().join("export"));
+        std::fs::create_dir_all(export.join("sub")).unwrap();
+        let local = |source: PathBuf| Volume::Link { mount: mount("fs", &source), create: false };
+        let command = Volume::Command {
+            relative_mount_path: "um".into(),
+            command: r#"sh -c 'echo mounted > "$0/marker"'"#.into(),
+        };
+        mount_volumes(&root, vec![local(export.join("sub")), command.clone()]).await.unwrap();
+        assert_eq!(std::fs::read_link(root.join("fs")).unwrap(), export.join("sub"));
+        assert_eq!(std::fs::read_to_string(root.join("um/marker")).unwrap(), "mounted\n");
+        // An export the node lacks is an error, never created.
+        let e = mount_volumes(&root, vec![local(export.join("missing"))]).await.unwrap_err();
+        assert!(e.contains("is not a directory on this node"), "{e}");
+        assert!(!export.join("missing").exists());
+        unmount_all(&root).unwrap();
+        assert!(!root.join("fs").exists(), "the link is gone");
+        assert_eq!(std::fs::read_to_string(root.join("um/marker")).unwrap(), "mounted\n", "data stays");
+    }
+
+    #[test]
+    fn removing_links_never_descends_into_a_mounted_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mounts");
+        std::fs::create_dir_all(root.join("nfs/sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("nfs/sub/theirs")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("ours")).unwrap();
+        remove_links(&root, &[root.join("nfs")]).unwrap();
+        assert!(root.join("nfs/sub/theirs").is_symlink(), "a link on a still-mounted file system stays");
+        assert!(!root.join("ours").exists());
     }
 
     #[test]

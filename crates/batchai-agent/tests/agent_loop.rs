@@ -127,6 +127,7 @@ fn config(url: &str, data: &Path) -> AgentConfig {
         sync_wait: Duration::from_secs(20),
         stop_grace: Duration::from_secs(1),
         image_map: ImageMap::default(),
+        staged: false,
     }
 }
 
@@ -145,6 +146,7 @@ fn task(command: &str) -> TaskAssignment {
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     }
 }
 

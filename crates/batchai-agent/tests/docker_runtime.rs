@@ -51,6 +51,7 @@ fn node(dir: &Path, id: &str) -> NodeContext {
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(1),
         image_map: ImageMap::default(),
+        staging: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn task(extra: serde_json::Value) -> TaskAssignment {
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     }
 }
 
@@ -271,6 +273,7 @@ async fn an_image_mapped_to_host_runs_without_a_container() {
     let cntk = "microsoft/cntk:2.0-cpu-python3.5";
     let node = NodeContext {
         image_map: ImageMap(vec![("microsoft/cntk:*".into(), HOST.into())]),
+        staging: None,
         ..node(dir.path(), "node-host")
     };
     let t = task(json!({

@@ -43,7 +43,8 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
             "stdOutErrPathSuffix": "sub/rg/workspaces/w/clusters/c/cuid"}}
     }))
     .unwrap();
-    let assignment = ClusterAssignment { key: "c".into(), id: "c".into(), alloc_epoch: 1, spec: cluster };
+    let assignment =
+        ClusterAssignment { key: "c".into(), id: "c".into(), alloc_epoch: 1, spec: cluster, file_servers: Vec::new() };
     let setup = SetupContext {
         node_id: "node-1".into(),
         mount_root: data.join("mounts"),
@@ -80,6 +81,7 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     };
     let node = NodeContext {
         node_id: "node-1".into(),
@@ -88,6 +90,7 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(5),
         image_map: ImageMap::default(),
+        staging: None,
     };
     let (tx, mut reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
@@ -133,6 +136,7 @@ async fn a_failing_command_reports_its_exit_code() {
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     };
     let node = NodeContext {
         node_id: "n".into(),
@@ -141,6 +145,7 @@ async fn a_failing_command_reports_its_exit_code() {
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(5),
         image_map: ImageMap::default(),
+        staging: None,
     };
     let (tx, _reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
@@ -177,6 +182,7 @@ fn container_job(dir: &Path, image_map: ImageMap) -> (NodeContext, TaskAssignmen
         max_wall_clock_secs: 3600,
         started_at: now_millis(),
         stop: false,
+        file_servers: Vec::new(),
     };
     let node = NodeContext {
         node_id: "n".into(),
@@ -185,6 +191,7 @@ fn container_job(dir: &Path, image_map: ImageMap) -> (NodeContext, TaskAssignmen
         gpus: Vec::new(),
         stop_grace: Duration::from_secs(5),
         image_map,
+        staging: None,
     };
     (node, task)
 }

@@ -20,9 +20,11 @@ use axum::http::{HeaderMap, Method};
 use axum::routing::post;
 use batchai_core::ApiError;
 use batchai_core::contract::toolkit;
-use batchai_core::models::{ClusterSpec, JobSpec};
+use batchai_core::contract::volumes;
+use batchai_core::ids::Kind;
+use batchai_core::models::{ClusterSpec, FileServerSpec, JobSpec, MountVolumes};
 use batchai_core::protocol::*;
-use batchai_core::state::ExecutionState;
+use batchai_core::state::{ExecutionState, ProvisioningState};
 use batchai_core::time::{Millis, now_millis};
 use batchai_core::vm_sizes;
 use batchai_scheduler::outcome::ending;
@@ -272,6 +274,31 @@ async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Resul
     Ok(false)
 }
 
+/// What the file servers of `mounts` export, as recorded when each was created. One that is
+/// gone, being deleted or was never declared is left out: the node then fails the mount and
+/// says which.
+async fn file_server_exports(
+    store: &dyn Store,
+    mounts: Option<&MountVolumes>,
+) -> Result<Vec<FileServerExport>, StoreError> {
+    let mut out: Vec<FileServerExport> = Vec::new();
+    for f in mounts.and_then(|m| m.file_servers.as_ref()).into_iter().flatten() {
+        let Some(key) = volumes::file_server_key(&f.file_server.id) else { continue };
+        if out.iter().any(|e| e.key == key) {
+            continue;
+        }
+        let Some(row) = store.get_resource(&key).await? else { continue };
+        if row.kind != Kind::FileServer || row.provisioning_state == ProvisioningState::Deleting {
+            continue;
+        }
+        let spec = row.spec.and_then(|s| serde_json::from_value::<FileServerSpec>(s).ok());
+        if let Some(d) = spec.and_then(|s| s.declared) {
+            out.push(FileServerExport { key, export: d.export, mount_options: d.mount_options });
+        }
+    }
+    Ok(out)
+}
+
 /// What the node must be running now.
 async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, StoreError> {
     let mut cluster = None;
@@ -279,7 +306,15 @@ async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, Stor
         && let Some(row) = store.get_resource(key).await?
         && let Some(spec) = row.spec.and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok())
     {
-        cluster = Some(ClusterAssignment { key: key.clone(), id: row.arm_id, alloc_epoch: node.alloc_epoch, spec });
+        let file_servers =
+            file_server_exports(store, spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref())).await?;
+        cluster = Some(ClusterAssignment {
+            key: key.clone(),
+            id: row.arm_id,
+            alloc_epoch: node.alloc_epoch,
+            spec,
+            file_servers,
+        });
     }
     let mut tasks = Vec::new();
     if let (Some(key), Some(epoch)) = (&node.job_key, node.job_epoch)
@@ -290,6 +325,7 @@ async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, Stor
     {
         let placement = store.job_placement(key, epoch).await?;
         let rank = placement.iter().position(|p| p.node_id == node.id).unwrap_or(0);
+        let file_servers = file_server_exports(store, spec.mount_volumes.as_ref()).await?;
         tasks.push(TaskAssignment {
             job: key.clone(),
             epoch,
@@ -305,6 +341,7 @@ async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, Stor
             max_wall_clock_secs: job.max_wall_clock_secs,
             started_at: job.start_time.unwrap_or(node.changed_at),
             stop: job.execution_state == ExecutionState::Terminating,
+            file_servers,
         });
     }
     let mut res = SyncResponse { version: String::new(), state: node.state.as_str().into(), cluster, tasks };

@@ -348,7 +348,7 @@ pub fn list_dir(storage_root: &Path, dir: &Path, directory: &str) -> Result<Vec<
 
 /// The volumes of `m` that live under the storage root. Mount kinds the server cannot read
 /// (file servers, unmanaged file systems) are dropped rather than failing the others.
-fn readable_mounts(m: Option<&MountVolumes>, storage_root: &Path) -> Vec<Mount> {
+pub(crate) fn readable_mounts(m: Option<&MountVolumes>, storage_root: &Path) -> Vec<Mount> {
     let Some(m) = m else { return Vec::new() };
     let shares = MountVolumes {
         azure_file_shares: m.azure_file_shares.clone(),

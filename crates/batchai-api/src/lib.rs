@@ -12,6 +12,7 @@
 //!   the signed download links they carry.
 
 pub mod agent;
+pub mod agent_storage;
 pub mod arm;
 pub mod auth;
 mod error;
@@ -123,6 +124,7 @@ pub fn router(state: AppState, scheme: Scheme) -> Router {
     token_service::routes()
         .merge(files::routes())
         .merge(agent::routes())
+        .merge(agent_storage::routes())
         .fallback(arm::handle)
         .with_state(state)
         .layer(middleware::from_fn(request_ids))

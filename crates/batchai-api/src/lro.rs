@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use batchai_core::ids::ResourceRef;
+use batchai_core::ids::{Kind, ResourceRef};
 use batchai_core::state::{ExecutionState, OperationStatus, ProvisioningState};
 use batchai_core::time::{now_millis, to_rfc3339};
 use batchai_core::{ApiError, ErrorCode};
@@ -197,6 +197,15 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
         store.finish_operation(&op.id, status, err_ref, now_millis()).await
     };
     match op.kind {
+        OperationKind::Create if op.resource_kind == Kind::FileServer && !file_server_declared(state, op).await? => {
+            store
+                .transition_provisioning(&op.resource_key, ProvisioningState::Creating, ProvisioningState::Failed, now)
+                .await?;
+            let name = op.resource_id.rsplit('/').next().unwrap_or_default();
+            let message = crate::arm::not_declared_message(name);
+            finish(OperationStatus::Failed, Some((crate::arm::NOT_DECLARED, message))).await?;
+            tracing::info!(resource.id = %op.resource_id, "file server not declared; its creation failed");
+        }
         OperationKind::Create => {
             store
                 .transition_provisioning(
@@ -229,7 +238,7 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
             };
         }
         OperationKind::Delete => {
-            if op.resource_kind == batchai_core::ids::Kind::Cluster {
+            if op.resource_kind == Kind::Cluster {
                 fail_cluster_jobs(store.as_ref(), &op.resource_key).await?;
             }
             store.delete_subtree(&op.resource_key, op.resource_kind).await?;
@@ -245,6 +254,17 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Whether the file server an operation creates was declared when it was put (a missing one, or
+/// one being deleted, counts as declared: the ordinary path then cancels the operation).
+async fn file_server_declared(state: &AppState, op: &Operation) -> Result<bool, StoreError> {
+    let Some(row) = state.store.get_resource(&op.resource_key).await? else { return Ok(true) };
+    if row.provisioning_state == ProvisioningState::Deleting {
+        return Ok(true);
+    }
+    let spec = row.spec.and_then(|s| serde_json::from_value::<batchai_core::models::FileServerSpec>(s).ok());
+    Ok(spec.is_some_and(|s| s.declared.is_some()))
 }
 
 /// Moves a job towards `failed` with `JobTerminated`; true once it is terminal (or gone).

@@ -179,6 +179,61 @@ model!(
     }
 );
 
+model!(SshConfiguration {
+    #[serde(default, rename = "publicIPsToAllow", skip_serializing_if = "Option::is_none")]
+    public_ips_to_allow: Option<Vec<String>>,
+    user_account_settings: UserAccountSettings,
+});
+
+model!(DataDisks {
+    #[serde(rename = "diskSizeInGB")]
+    disk_size_in_gb: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    caching_type: Option<String>,
+    disk_count: i32,
+    storage_account_type: String,
+});
+
+model!(
+    /// Read-only `mountSettings` of a file server: where its export is.
+    MountSettings {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mount_point: Option<String>,
+        #[serde(default, rename = "fileServerPublicIP", skip_serializing_if = "Option::is_none")]
+        file_server_public_ip: Option<String>,
+        #[serde(default, rename = "fileServerInternalIP", skip_serializing_if = "Option::is_none")]
+        file_server_internal_ip: Option<String>,
+    }
+);
+
+model!(
+    /// The operator's declaration a file server was created from (`batchai admin file-server
+    /// declare`): what nodes mount. Stored with the file server, never served.
+    DeclaredExport {
+        /// `host:/path` (NFS) or an absolute local path.
+        export: String,
+        /// Options for `mount -o`; empty for the defaults.
+        #[serde(default)]
+        mount_options: String,
+    }
+);
+
+model!(
+    /// `FileServerBaseProperties`: what a file server PUT carries, plus what the service fills
+    /// in (`mountSettings`) and the declaration it was created from (stored, never served).
+    FileServerSpec {
+        vm_size: String,
+        ssh_configuration: SshConfiguration,
+        data_disks: DataDisks,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet: Option<ResourceIdRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mount_settings: Option<MountSettings>,
+        #[serde(default, rename = "x-batchai-declared", skip_serializing_if = "Option::is_none")]
+        declared: Option<DeclaredExport>,
+    }
+);
+
 model!(PrivateRegistryCredentials {
     username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -469,6 +524,22 @@ pub fn scale_defaults(scale: &mut ScaleSettings) {
     }
 }
 
+impl FileServerSpec {
+    /// Fills in what the service returned on GET although the client did not send it.
+    pub fn apply_defaults(&mut self) {
+        let caching = self.data_disks.caching_type.take().unwrap_or_else(|| "none".into());
+        self.data_disks.caching_type = Some(caching.to_lowercase());
+    }
+
+    /// A copy fit to be served: no password, no declaration.
+    pub fn redacted(&self) -> Self {
+        let mut f = self.clone();
+        f.ssh_configuration.user_account_settings.admin_user_password = None;
+        f.declared = None;
+        f
+    }
+}
+
 impl JobSpec {
     /// The toolkits present, in spec order; validation requires exactly one.
     pub fn tool_types(&self) -> Vec<ToolType> {
@@ -545,6 +616,29 @@ mod tests {
         for secret in ["\"K\"", "\"p\"", "\"v\""] {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
+    }
+
+    #[test]
+    fn file_server_defaults_and_redaction() {
+        let mut f: FileServerSpec = serde_json::from_value(json!({
+            "vmSize": "STANDARD_D2",
+            "sshConfiguration": {"publicIPsToAllow": ["10.0.0.0/8"],
+                "userAccountSettings": {"adminUserName": "u", "adminUserPassword": "pw"}},
+            "dataDisks": {"diskSizeInGB": 10, "diskCount": 2, "storageAccountType": "Standard_LRS"}
+        }))
+        .unwrap();
+        f.apply_defaults();
+        f.declared = Some(DeclaredExport { export: "nfs:/export".into(), mount_options: "hard".into() });
+        let stored = serde_json::to_value(&f).unwrap();
+        assert_eq!(stored["x-batchai-declared"]["export"], "nfs:/export");
+        let back: FileServerSpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(back, f, "the stored form reads back");
+        let out = serde_json::to_value(f.redacted()).unwrap();
+        assert_eq!(out["dataDisks"]["cachingType"], "none");
+        assert_eq!(out["dataDisks"]["diskSizeInGB"], 10);
+        assert_eq!(out["sshConfiguration"]["publicIPsToAllow"], json!(["10.0.0.0/8"]));
+        assert_eq!(out["sshConfiguration"]["userAccountSettings"], json!({"adminUserName": "u"}));
+        assert!(out.get("x-batchai-declared").is_none(), "{out}");
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   changes nothing; reports carry the epoch of the assignment they are about, and a report
 //!   for an epoch that is no longer current is ignored (a node that was given up for lost and
 //!   comes back cannot finish, or fail, a job that has moved on).
+//! - `GET|PUT /agent/v1/storage/{account}/{share}[/{path}]` (bearer: the node credential): the
+//!   shares of the node's cluster and job, for agents without the shared filesystem; a share's
+//!   listing is a list of [`StagedFile`].
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +140,21 @@ pub struct ClusterAssignment {
     pub alloc_epoch: i64,
     /// `stdOutErrPathSuffix` of the setup task (filled by the server on create).
     pub spec: ClusterSpec,
+    /// What the file servers the cluster mounts export (absent from older servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_servers: Vec<FileServerExport>,
+}
+
+/// A file server a cluster or job mounts, resolved by the server from `fileServer.id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileServerExport {
+    /// The file server's case-folded ARM id.
+    pub key: String,
+    /// `host:/path` (NFS) or an absolute path every node has.
+    pub export: String,
+    /// The declared options for `mount -o`; empty for the defaults.
+    #[serde(default)]
+    pub mount_options: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +177,9 @@ pub struct TaskAssignment {
     pub started_at: i64,
     /// The job is being terminated: stop it and report it exited.
     pub stop: bool,
+    /// What the file servers the job mounts export (absent from older servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_servers: Vec<FileServerExport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,4 +188,13 @@ pub struct Peer {
     pub address: String,
     /// GPUs of the node (for process counts per node).
     pub gpus: u32,
+}
+
+/// One file of a share, as the agent-storage listing gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedFile {
+    /// `/`-separated, relative to the share.
+    pub path: String,
+    pub size: u64,
+    pub modified_ms: i64,
 }

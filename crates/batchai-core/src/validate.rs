@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::contract::volumes;
 use crate::error::{ApiError, ErrorCode};
 use crate::ids::{Kind, ResourceRef};
 use crate::models::*;
@@ -176,6 +177,12 @@ fn mount_volumes(m: &MountVolumes, base: &str) -> Result<(), ApiError> {
         let t = format!("{base}fileServers[{i}]");
         ResourceRef::parse_id(&f.file_server.id, Kind::FileServer)
             .map_err(|e| ApiError::invalid(format!("{t}.fileServer.id"), e))?;
+        if let Some(source) = &f.source_directory {
+            volumes::source_directory(source).map_err(|e| ApiError::invalid(format!("{t}.sourceDirectory"), e))?;
+        }
+        if let Some(options) = &f.mount_options {
+            volumes::check_mount_options(options).map_err(|e| ApiError::invalid(format!("{t}.mountOptions"), e))?;
+        }
         add(&f.relative_mount_path, format!("{t}.relativeMountPath"))?;
     }
     for (i, u) in m.unmanaged_file_systems.iter().flatten().enumerate() {
@@ -255,6 +262,46 @@ pub fn cluster(c: &ClusterSpec) -> Result<(), ApiError> {
         if let Some(m) = &setup.mount_volumes {
             mount_volumes(m, "properties.nodeSetup.mountVolumes.")?;
         }
+    }
+    Ok(())
+}
+
+/// The file server references of `m` with the field naming each (`<base>fileServers[i].fileServer.id`).
+pub fn file_server_refs<'a>(m: Option<&'a MountVolumes>, base: &str) -> Vec<(&'a str, String)> {
+    let refs = m.and_then(|m| m.file_servers.as_ref()).into_iter().flatten();
+    refs.enumerate()
+        .map(|(i, f)| (f.file_server.id.as_str(), format!("{base}fileServers[{i}].fileServer.id")))
+        .collect()
+}
+
+/// A file server PUT (`FileServerBaseProperties`).
+pub fn file_server(f: &FileServerSpec) -> Result<(), ApiError> {
+    non_empty(&f.vm_size, "properties.vmSize")?;
+    let ssh = &f.ssh_configuration;
+    let t = "properties.sshConfiguration";
+    let u = &ssh.user_account_settings;
+    non_empty(&u.admin_user_name, &format!("{t}.userAccountSettings.adminUserName"))?;
+    need(
+        u.admin_user_password.is_some() || u.admin_user_ssh_public_key.is_some(),
+        &format!("{t}.userAccountSettings"),
+        "adminUserPassword or adminUserSshPublicKey must be given",
+    )?;
+    if let Some(ips) = &ssh.public_ips_to_allow {
+        need(ips.len() <= 400, &format!("{t}.publicIPsToAllow"), "at most 400 entries are allowed")?;
+        for (i, ip) in ips.iter().enumerate() {
+            non_empty(ip, &format!("{t}.publicIPsToAllow[{i}]"))?;
+        }
+    }
+    let d = &f.data_disks;
+    let t = "properties.dataDisks";
+    need(d.disk_size_in_gb >= 1, &format!("{t}.diskSizeInGB"), "diskSizeInGB must be at least 1")?;
+    need(d.disk_count >= 1, &format!("{t}.diskCount"), "diskCount must be at least 1")?;
+    one_of(&d.storage_account_type, &["Standard_LRS", "Premium_LRS"], &format!("{t}.storageAccountType"))?;
+    if let Some(c) = &d.caching_type {
+        one_of(c, &["none", "readonly", "readwrite"], &format!("{t}.cachingType"))?;
+    }
+    if let Some(subnet) = &f.subnet {
+        non_empty(&subnet.id, "properties.subnet.id")?;
     }
     Ok(())
 }
@@ -586,6 +633,79 @@ mod tests {
             cluster(&c).unwrap_err().target.as_deref(),
             Some("properties.nodeSetup.mountVolumes.azureFileShares[0].relativeMountPath")
         );
+    }
+
+    #[test]
+    fn file_server_rules() {
+        let ok = json!({"vmSize": "STANDARD_D2", "dataDisks": {"diskSizeInGB": 10, "diskCount": 2,
+            "storageAccountType": "Standard_LRS"},
+            "sshConfiguration": {"userAccountSettings": {"adminUserName": "u", "adminUserPassword": "p"}}});
+        let f: FileServerSpec = serde_json::from_value(ok.clone()).unwrap();
+        assert!(file_server(&f).is_ok());
+        for (patch, target) in [
+            (json!({"vmSize": ""}), "properties.vmSize"),
+            (
+                json!({"dataDisks": {"diskSizeInGB": 0, "diskCount": 1, "storageAccountType": "Standard_LRS"}}),
+                "properties.dataDisks.diskSizeInGB",
+            ),
+            (
+                json!({"dataDisks": {"diskSizeInGB": 1, "diskCount": 1, "storageAccountType": "Ultra"}}),
+                "properties.dataDisks.storageAccountType",
+            ),
+            (
+                json!({"dataDisks": {"diskSizeInGB": 1, "diskCount": 1, "storageAccountType": "Premium_LRS",
+                "cachingType": "sometimes"}}),
+                "properties.dataDisks.cachingType",
+            ),
+            (
+                json!({"sshConfiguration": {"userAccountSettings": {"adminUserName": "u"}}}),
+                "properties.sshConfiguration.userAccountSettings",
+            ),
+        ] {
+            let mut body = ok.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let f: FileServerSpec = serde_json::from_value(body).unwrap();
+            assert_eq!(file_server(&f).unwrap_err().target.as_deref(), Some(target));
+        }
+        let e = parse_json::<FileServerSpec>(br#"{"vmSize": "x", "dataDisks": {}}"#, "properties").unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidParameter);
+    }
+
+    #[test]
+    fn file_server_references_are_checked() {
+        let fs = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/fileServers/nfs";
+        let check = |reference: serde_json::Value| {
+            let j: JobSpec = parse_json(
+                &job_json(json!({"customToolkitSettings": {}, "mountVolumes": {"fileServers": [reference]}})),
+                "properties",
+            )
+            .unwrap();
+            job(&j).map(|_| ()).map_err(|e| e.target.unwrap_or_default())
+        };
+        assert_eq!(
+            check(json!({"fileServer": {"id": fs}, "relativeMountPath": "nfs", "sourceDirectory": "/a/b",
+            "mountOptions": "ro"})),
+            Ok(())
+        );
+        let base = "properties.mountVolumes.fileServers[0]";
+        assert_eq!(
+            check(json!({"fileServer": {"id": "nfs"}, "relativeMountPath": "n"})),
+            Err(format!("{base}.fileServer.id"))
+        );
+        assert_eq!(
+            check(json!({"fileServer": {"id": fs}, "relativeMountPath": "n", "sourceDirectory": "../x"})),
+            Err(format!("{base}.sourceDirectory"))
+        );
+        assert_eq!(
+            check(json!({"fileServer": {"id": fs}, "relativeMountPath": "n", "mountOptions": "a b"})),
+            Err(format!("{base}.mountOptions"))
+        );
+        let m: MountVolumes = serde_json::from_value(json!({"fileServers": [{"fileServer": {"id": fs},
+            "relativeMountPath": "n"}]}))
+        .unwrap();
+        assert_eq!(file_server_refs(Some(&m), "properties.mountVolumes."), vec![(fs, format!("{base}.fileServer.id"))]);
     }
 
     #[test]

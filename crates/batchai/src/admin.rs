@@ -1,4 +1,5 @@
-//! `batchai admin`: service principals, API tokens, join tokens, nodes and storage accounts.
+//! `batchai admin`: service principals, API tokens, join tokens, nodes, storage accounts and
+//! file servers.
 //! Secrets are printed once, here, and stored only as hashes (storage account keys, which
 //! SharedKey checking needs, sealed under the master key).
 
@@ -36,6 +37,33 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: StorageAccountCommand,
     },
+    /// File servers: the NFS exports (or directories every node has) that Batch AI file servers
+    /// of these names stand for.
+    FileServer {
+        #[command(subcommand)]
+        command: FileServerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FileServerCommand {
+    /// Declare (or re-declare) a file server; prints it as JSON. A `fileServers` PUT of this name
+    /// (in any workspace, ignoring case) then succeeds with this export as its `mountSettings`.
+    Declare {
+        /// A Batch AI resource name (letters, digits, '-', '_'; up to 64).
+        name: String,
+        /// `host:/path` (NFS, mounted by the agent with `mount -t nfs`) or an absolute path that
+        /// every node already has (linked like a share: autofs, a cluster file system, one machine).
+        #[arg(long)]
+        export: String,
+        /// Options for `mount -o` (comma-separated), used when a reference gives none.
+        #[arg(long)]
+        mount_options: Option<String>,
+    },
+    /// List declared file servers as JSON lines.
+    List,
+    /// Remove a declaration. File servers created from it keep the export they were created with.
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -207,6 +235,43 @@ pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::StorageAccount { command } => storage_account(cfg, shared.clone(), command).await?,
+        AdminCommand::FileServer { command } => file_server(store, command).await?,
+    }
+    Ok(())
+}
+
+fn file_server_json(f: &batchai_store::FileServerRow) -> serde_json::Value {
+    json!({"name": f.name, "export": f.export, "mount_options": f.mount_options,
+           "created_at": batchai_core::time::to_rfc3339(f.created_at)})
+}
+
+async fn file_server(store: &dyn batchai_store::Store, command: FileServerCommand) -> anyhow::Result<()> {
+    use batchai_core::contract::volumes::{Export, check_mount_options};
+    match command {
+        FileServerCommand::Declare { name, export, mount_options } => {
+            batchai_core::names::ResourceName::parse(&name, batchai_core::ids::Kind::FileServer.name_kind())
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            Export::parse(&export).map_err(anyhow::Error::msg)?;
+            let mount_options = mount_options.unwrap_or_default();
+            if !mount_options.is_empty() {
+                check_mount_options(&mount_options).map_err(anyhow::Error::msg)?;
+            }
+            let row = batchai_store::FileServerRow { name, export, mount_options, created_at: now_millis() };
+            store.declare_file_server(&row).await?;
+            let saved = store.get_file_server(&row.name).await?.context("the declaration was not saved")?;
+            println!("{}", file_server_json(&saved));
+        }
+        FileServerCommand::List => {
+            for f in store.list_file_servers().await? {
+                println!("{}", file_server_json(&f));
+            }
+        }
+        FileServerCommand::Delete { name } => {
+            if !store.delete_file_server(&name).await? {
+                bail!("no file server named {name} is declared");
+            }
+            println!("{}", json!({"deleted": name.to_lowercase()}));
+        }
     }
     Ok(())
 }

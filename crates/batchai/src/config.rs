@@ -74,6 +74,11 @@ pub struct Config {
     /// `process` never uses it (jobs with `containerSettings` then fail on this node, unless
     /// `image_map` sends their image to `host`).
     pub runtime: String,
+    /// `batchai agent`: `shared` (default: the storage root is mounted here at the server's
+    /// path, or at `storage_root`) or `staged` (it is not: the agent keeps its own copy in
+    /// `storage_root`, default `{data_dir}/storage`, fetching a job's shares before it runs and
+    /// pushing what it writes through the server).
+    pub storage_mode: String,
     /// `batchai agent`: Docker network mode of job containers: `host` (default: jobs get the
     /// node's address) or `container:<name>` when the agent itself runs in a container.
     pub docker_network: String,
@@ -119,6 +124,7 @@ impl Default for Config {
             vm_sizes: Vec::new(),
             stop_grace_secs: 10,
             runtime: "auto".into(),
+            storage_mode: "shared".into(),
             docker_network: "host".into(),
             image_map: Vec::new(),
             custom_vm_sizes: Vec::new(),
@@ -212,6 +218,10 @@ pub struct AgentOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// shared (the storage root is mounted here) or staged (shares go through the server).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_mode: Option<String>,
 }
 
 impl Config {
@@ -256,6 +266,9 @@ impl Config {
         }
         if !matches!(self.runtime.as_str(), "auto" | "docker" | "process") {
             bail!("runtime must be 'auto', 'docker' or 'process', not '{}'", self.runtime);
+        }
+        if !matches!(self.storage_mode.as_str(), "shared" | "staged") {
+            bail!("storage_mode must be 'shared' or 'staged', not '{}'", self.storage_mode);
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             bail!("tls_cert and tls_key must be given together");
@@ -323,6 +336,7 @@ impl Config {
             image_map: batchai_agent::images::ImageMap(
                 self.image_map.iter().map(|m| (m.pattern.clone(), m.image.clone())).collect(),
             ),
+            staged: self.storage_mode == "staged",
         })
     }
 
@@ -470,6 +484,10 @@ mod tests {
             assert!(err.contains("together"), "{err}");
             let err = Config::load(&flags(Some("missing.toml"), None), None).unwrap_err().to_string();
             assert!(err.contains("does not exist"), "{err}");
+            jail.clear_env();
+            jail.set_env("BATCHAI_STORAGE_MODE", "nfs");
+            let err = Config::load(&flags(None, None), None).unwrap_err().to_string();
+            assert!(err.contains("storage_mode"), "{err}");
             Ok(())
         });
     }

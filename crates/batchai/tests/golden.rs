@@ -29,7 +29,7 @@ const SECRET_KEYS: &str = "adminUserPassword accountKey password";
 const READ_ONLY: &str = "creationTime provisioningState provisioningStateTransitionTime allocationState
     allocationStateTransitionTime errors currentNodeCount nodeStateCounts toolType
     jobOutputDirectoryPathSegment executionState executionStateTransitionTime executionInfo
-    experimentName";
+    experimentName mountSettings";
 
 struct Example {
     name: String,
@@ -108,6 +108,7 @@ enum Need {
     Exp,
     Cluster,
     Job,
+    FileServer,
 }
 
 /// Path (with query) and the parents to create first.
@@ -143,8 +144,9 @@ fn plan(ex: &Example, n: &Names) -> (String, &'static [Need]) {
         "PutCluster" => (p(&cl), &[Ws]),
         "GetCluster" | "PatchCluster" | "DeleteCluster" => (p(&cl), &[Ws, Cluster]),
         "ClusterListRemoteLoginInfo" => (p(&format!("{cl}/listRemoteLoginInformation")), &[Ws, Cluster]),
-        "ListFileServerByWorkspace" => (p(&format!("{ws}/fileServers")), &[Ws]),
-        "PutFileServer" | "GetFileServer" | "DeleteFileServer" => (p(&fs), &[Ws]),
+        "ListFileServerByWorkspace" => (p(&format!("{ws}/fileServers")), &[Ws, FileServer]),
+        "PutFileServer" => (p(&fs), &[Ws]),
+        "GetFileServer" | "DeleteFileServer" => (p(&fs), &[Ws, FileServer]),
         // Clusters_List / FileServers_List / *_ListByResourceGroup are 2018-03-01 operations
         // (batchai-api.md §10): the 2018-05-01 route table (§1) has no such paths.
         "ListCluster" => (sub("clusters"), &[]),
@@ -180,8 +182,10 @@ fn writable(resource: &Value, rg: &str) -> Value {
     for k in READ_ONLY.split_whitespace() {
         props.remove(k);
     }
-    if let Some(u) = props.get_mut("userAccountSettings").and_then(Value::as_object_mut) {
-        u.insert("adminUserPassword".into(), "golden-P4SSWORD".into());
+    for pointer in ["/properties/userAccountSettings", "/properties/sshConfiguration/userAccountSettings"] {
+        if let Some(u) = v.pointer_mut(pointer).and_then(Value::as_object_mut) {
+            u.insert("adminUserPassword".into(), "golden-P4SSWORD".into());
+        }
     }
     for list in ["azureFileShares", "azureBlobFileSystems"] {
         let pointer = format!("/properties/nodeSetup/mountVolumes/{list}");
@@ -350,6 +354,31 @@ async fn finish(c: &Client, r: &Reply, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Creates the file servers (and their workspaces) a cluster body mounts: a cluster may only
+/// mount file servers that exist.
+async fn mounted_file_servers(
+    c: &Client,
+    all: &BTreeMap<String, Example>,
+    body: &Value,
+    rg: &str,
+) -> Result<(), String> {
+    let refs = body.pointer("/properties/nodeSetup/mountVolumes/fileServers").and_then(Value::as_array);
+    for id in refs.into_iter().flatten().filter_map(|f| f["fileServer"]["id"].as_str()) {
+        let ws = id.rsplitn(3, '/').nth(2).ok_or_else(|| format!("file server id {id}"))?;
+        let r = c.put(&format!("{ws}?{BAI}"), &json!({"location": "eastus"})).await;
+        if r.status != 200 {
+            return Err(format!("workspace of {id}: {} {}", r.status, r.text));
+        }
+        let r = c.put(&format!("{id}?{BAI}"), &fix_request(&all["PutFileServer"].params["parameters"], rg)).await;
+        match r.status {
+            202 => finish(c, &r, &format!("creating {id}")).await?,
+            409 => {}
+            _ => return Err(format!("creating {id}: {} {}", r.status, r.text)),
+        }
+    }
+    Ok(())
+}
+
 /// Creates the parents (and, for lists, the listed item) an example needs.
 async fn setup(
     c: &Client,
@@ -383,7 +412,15 @@ async fn setup(
                     Some(s) if reads && shown_kind.ends_with("/clusters") => writable(s, &n.rg),
                     _ => req("PutCluster"),
                 };
+                mounted_file_servers(c, all, &body, &n.rg).await?;
                 (cluster_path.clone(), body, true)
+            }
+            Need::FileServer => {
+                let body = match shown {
+                    Some(s) if reads && shown_kind.ends_with("/fileservers") => writable(s, &n.rg),
+                    _ => req("PutFileServer"),
+                };
+                (format!("{}?{BAI}", Server::bai(&n.rg, &format!("{ws}/fileServers/{}", n.fs))), body, true)
             }
             Need::Job => {
                 let mut body = match shown {
@@ -416,14 +453,18 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
         exp: ex.param("experimentName").or(listed("Experiment")).unwrap_or("demo_experiment").to_owned(),
         cluster: ex.param("clusterName").or(listed("Cluster")).unwrap_or("demo_cluster").to_owned(),
         job: ex.param("jobName").or(listed("Job")).unwrap_or("demo_job").to_owned(),
-        fs: ex.param("fileServerName").unwrap_or("demo_nfs").to_owned(),
+        fs: ex.param("fileServerName").or(listed("FileServer")).unwrap_or("demo_nfs").to_owned(),
     };
     let (path, needs) = plan(ex, &n);
     setup(c, all, ex, &n, needs).await?;
     let method = method_of(name);
     let body = ex.params.get("parameters").map(|b| fix_request(b, &n.rg));
+    if let Some(b) = body.as_ref().filter(|_| name == "PutCluster") {
+        mounted_file_servers(c, all, b, &n.rg).await?;
+    }
     let r = c.send(method.clone(), &path, body.as_ref()).await;
-    let id = path.split('?').next().unwrap_or_default().to_owned();
+    // Ids spell the file server segment `fileservers` (§2), the path `fileServers` (§1).
+    let id = path.split('?').next().unwrap_or_default().replace("/fileServers", "/fileservers");
     let mut errs = Vec::new();
     check_body(&r.body, "", &mut errs);
     let first_text = r.text.clone();
@@ -431,16 +472,6 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
         // Older-API paths (§10): not served under 2018-05-01, so ARM's 404 envelope.
         "ListCluster" | "ListFileServer" | "ListClusterByResourceGroup" | "ListFileServerByResourceGroup" => {
             return expect(&r, 404, Some("ResourceNotFound"), "an older-API path");
-        }
-        // File servers are not implemented yet: these assert the current behaviour until the
-        // storage issue lands (then they become ordinary examples).
-        "PutFileServer" => return expect(&r, 400, Some("FeatureNotSupported"), name),
-        "GetFileServer" => return expect(&r, 404, Some("FileServerNotFound"), name),
-        "DeleteFileServer" => return expect(&r, 204, None, name),
-        "ListFileServerByWorkspace" => {
-            return (r.status == 200 && r.body == json!({"value": []}))
-                .then_some(())
-                .ok_or_else(|| format!("expected 200 {{\"value\":[]}}, got {} {}", r.status, r.text));
         }
         // No node agents yet: no output files and no nodes to log in to, so the lists are empty
         // (200 with an empty `value`) until they exist.
@@ -457,7 +488,11 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
     }
     // Within what the example allows, the status the real service sent (§1.2 [REC]): 202 for
     // cluster/job PUT, every DELETE and terminate; 200 with the body for workspace/experiment PUT.
-    let lro = name.starts_with("Delete") || name.starts_with("Terminate") || name == "PutCluster" || name == "PutJob";
+    let lro = name.starts_with("Delete")
+        || name.starts_with("Terminate")
+        || name == "PutCluster"
+        || name == "PutJob"
+        || name == "PutFileServer";
     let sync = name == "PutWorkspace" || name == "PutExperiment";
     if (lro && r.status != 202) || (sync && r.status != 200) {
         errs.push(format!("status {}, where the real service answered {}", r.status, if lro { 202 } else { 200 }));
@@ -482,6 +517,7 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
                 "workspaces" => "WorkspaceNotFound",
                 "experiments" => "ExperimentNotFound",
                 "clusters" => "ClusterNotFound",
+                "fileservers" => "FileServerNotFound",
                 _ => "JobNotFound",
             };
             expect(&gone, 404, Some(code), "GET after DELETE")?;
@@ -511,12 +547,19 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
             errs.push(format!("the write-only value {secret} is echoed"));
         }
     }
-    let mut expected = ex.body().cloned().ok_or("the example has no 200 body")?;
+    // PutFileServer's 200 response is spelled `parameters` instead of `body`.
+    let put_fs = (name == "PutFileServer").then(|| ex.responses["200"]["parameters"].clone());
+    let mut expected = ex.body().cloned().or(put_fs).ok_or("the example has no 200 body")?;
     fix_expected(&mut expected);
     if name == "PutCluster" {
         // The example's `subnet` is the one of the file server it mounts (§3.1: "if a FileServer
-        // is mounted the file server's subnet is used automatically"); no file servers until the
-        // storage issue lands.
+        // is mounted the file server's subnet is used automatically"); on-prem file servers have
+        // no subnet.
+        expected["properties"].as_object_mut().map(|p| p.remove("subnet"));
+    }
+    if name == "PutFileServer" {
+        // The file server's `subnet` is the vnet the service made for its VM (§3.1); on-prem
+        // there is none, and the request gives none.
         expected["properties"].as_object_mut().map(|p| p.remove("subnet"));
     }
     let item_id = match needs.last() {
@@ -525,6 +568,7 @@ async fn run(c: &Client, all: &BTreeMap<String, Example>, ex: &Example) -> Resul
         Some(Need::Exp) => Some(format!("{id}/{}", n.exp)),
         Some(Need::Cluster) => Some(format!("{id}/{}", n.cluster)),
         Some(Need::Job) => Some(format!("{id}/{}", n.job)),
+        Some(Need::FileServer) => Some(format!("{id}/{}", n.fs)),
         None => None,
     };
     let view = match &item_id {
@@ -564,6 +608,10 @@ async fn spec_examples_on_every_backend() {
     let mut runs = 0;
     for backend in backends() {
         let server = Server::start(backend);
+        // The file servers the examples create and list, declared as an operator would.
+        for name in ["demo_nfs", "fileservercedd134b"] {
+            server.admin_json(&["file-server", "declare", name, "--export", "10.0.0.4:/mnt/data"]);
+        }
         let c = server.client();
         for ex in all.values() {
             runs += 1;

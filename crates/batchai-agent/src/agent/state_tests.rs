@@ -204,7 +204,13 @@ fn cluster(epoch: i64, setup: serde_json::Value) -> ClusterAssignment {
         }
     }))
     .unwrap();
-    ClusterAssignment { key: "c".into(), id: "/subscriptions/s/clusters/c".into(), alloc_epoch: epoch, spec }
+    ClusterAssignment {
+        key: "c".into(),
+        id: "/subscriptions/s/clusters/c".into(),
+        alloc_epoch: epoch,
+        spec,
+        file_servers: Vec::new(),
+    }
 }
 
 #[tokio::test]

@@ -3,8 +3,9 @@
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use batchai_core::contract::volumes::Export;
 use batchai_core::ids::{Kind, ResourceRef};
-use batchai_core::models::{ClusterSpec, ClusterUpdate, JobSpec, scale_defaults};
+use batchai_core::models::{ClusterSpec, ClusterUpdate, DeclaredExport, FileServerSpec, JobSpec, scale_defaults};
 use batchai_core::names::{NameKind, ResourceName};
 use batchai_core::state::{AllocationState, ProvisioningState};
 use batchai_core::{ApiError, ErrorCode, validate};
@@ -95,21 +96,13 @@ pub(super) async fn dispatch(ctx: &Ctx, route: Route) -> Result<Response, Error>
             let row = load(ctx, &r).await?;
             remote_logins(ctx, ctx.state.store.list_nodes(Some(&row.key)).await?.into_iter())
         }
-        (M::GET, R::FileServers { sub, rg, ws }) => {
-            load(ctx, &workspace(&sub, &rg, &ws)?).await?;
-            Ok(ok(json!({ "value": [] })))
-        }
+        (M::GET, R::FileServers { sub, rg, ws }) => children(ctx, &workspace(&sub, &rg, &ws)?, Kind::FileServer).await,
         (m, R::FileServer { sub, rg, ws, fs }) => {
             let r = workspace(&sub, &rg, &ws)?.child(Kind::FileServer, name(&fs, Kind::FileServer)?);
             match m {
-                M::GET => Err(not_found(ctx, &r).await),
-                M::DELETE => Ok(StatusCode::NO_CONTENT.into_response()),
-                M::PUT => Err(ApiError::new(
-                    ErrorCode::FeatureNotSupported,
-                    "File servers are not available on this server yet; mount an NFS export with \
-                     unmanagedFileSystems instead.",
-                )
-                .into()),
+                M::PUT => put_file_server(ctx, &r).await,
+                M::GET => get(ctx, &r).await,
+                M::DELETE => delete(ctx, &r).await,
                 _ => Err(method_not_allowed(ctx)),
             }
         }
@@ -259,6 +252,8 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let body: Create<ClusterSpec> = validate::parse_json(&ctx.body, "")?;
     let mut spec = body.properties;
     validate::cluster(&spec)?;
+    let mounts = spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref());
+    check_file_servers(ctx, validate::file_server_refs(mounts, "properties.nodeSetup.mountVolumes.")).await?;
     let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
     spec.apply_defaults(&format!(
@@ -315,6 +310,8 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let body: Create<JobSpec> = validate::parse_json(&ctx.body, "")?;
     let mut spec = body.properties;
     let (tool, cluster, priority, wall_secs) = validate::job(&spec)?;
+    check_file_servers(ctx, validate::file_server_refs(spec.mount_volumes.as_ref(), "properties.mountVolumes."))
+        .await?;
     spec.apply_defaults();
     let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
@@ -344,6 +341,92 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     tracing::info!(job.id = %r.id(), tool_type = tool.as_str(), node_count = spec.node_count, "job submitted");
     ctx.state.scheduler.wake.notify_one();
     Ok(lro::accepted(ctx, &op))
+}
+
+/// The code and message of a file server create that fails because nobody declared its name.
+pub(crate) const NOT_DECLARED: &str = "FileServerNotDeclared";
+
+pub(crate) fn not_declared_message(name: &str) -> String {
+    format!(
+        "The file server '{name}' is not declared on this service. On-premises a file server is an NFS export (or \
+         a directory every node has) that an operator declares: `batchai admin file-server declare {name} \
+         --export HOST:/PATH`. Declare it, delete this file server and create it again."
+    )
+}
+
+/// File server PUT: succeeds when an operator declared the name (`batchai admin file-server
+/// declare`), whose export is stored with it and shown as `mountSettings`; otherwise the resource
+/// is recorded `creating` and its operation fails (`lro::run`), leaving it `failed`.
+async fn put_file_server(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
+    let body: Create<FileServerSpec> = validate::parse_json(&ctx.body, "")?;
+    let mut spec = body.properties;
+    validate::file_server(&spec)?;
+    spec.apply_defaults();
+    // Read-only fields are the service's to fill in.
+    spec.mount_settings = None;
+    spec.declared = None;
+    let declared = ctx.state.store.get_file_server(r.name.as_str()).await?;
+    let export = declared.as_ref().and_then(|d| match Export::parse(&d.export) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!(file_server.name = %d.name, error = %e, "declared file server export does not parse");
+            None
+        }
+    });
+    let (mut op, state) = match (declared, export) {
+        (Some(d), Some(export)) => {
+            spec.mount_settings = Some(export.mount_settings());
+            spec.declared = Some(DeclaredExport { export: d.export, mount_options: d.mount_options });
+            lro::create_operation(ctx, r, "local")
+        }
+        // The runner fails it, as a provisioning failure would have ended.
+        _ => (lro::new_operation(ctx, OperationKind::Create, r, "local"), ProvisioningState::Creating),
+    };
+    let mut new = new_resource(r, None, None, None, state);
+    new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
+    let inserted = match ctx.state.store.insert_resource(&new, Some(&op)).await {
+        Ok(i) => i,
+        Err(e) => return Err(insert_failed(ctx, r, e).await),
+    };
+    op.location = inserted.parent_location.unwrap_or(op.location);
+    lro::wake_if_pending(ctx, &op);
+    if spec.declared.is_some() {
+        tracing::info!(file_server.id = %r.id(), "file server created");
+    } else {
+        tracing::info!(file_server.id = %r.id(), "file server not declared; its creation fails");
+    }
+    Ok(lro::accepted(ctx, &op))
+}
+
+/// Refuses references to file servers that cannot be mounted: missing (or in a subscription the
+/// caller cannot use), being deleted, or failed because nobody declared them.
+async fn check_file_servers(ctx: &Ctx, refs: Vec<(&str, String)>) -> Result<(), Error> {
+    for (id, target) in refs {
+        let r = ResourceRef::parse_id(id, Kind::FileServer).map_err(|e| ApiError::invalid(&target, e))?;
+        let row = match ctx.caller.authorize(&r.subscription, "Microsoft.BatchAI/workspaces/fileservers/read") {
+            Ok(()) => ctx.state.store.get_resource(&r.key()).await?,
+            Err(_) => None,
+        };
+        let usable = row.is_some_and(|row| {
+            row.kind == Kind::FileServer
+                && matches!(row.provisioning_state, ProvisioningState::Creating | ProvisioningState::Succeeded)
+                && row
+                    .spec
+                    .and_then(|s| serde_json::from_value::<FileServerSpec>(s).ok())
+                    .is_some_and(|s| s.declared.is_some())
+        });
+        if !usable {
+            return Err(ApiError::invalid(
+                target,
+                format!(
+                    "The file server '{id}' does not exist, is being deleted or failed to be created (a file server \
+                     must be declared with `batchai admin file-server declare` before it is created)."
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }
 
 async fn delete(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {

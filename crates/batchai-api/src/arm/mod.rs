@@ -3,6 +3,7 @@
 //! [`batchai`] (Microsoft.BatchAI).
 
 mod batchai;
+pub(crate) use batchai::{NOT_DECLARED, not_declared_message};
 mod paging;
 pub(crate) mod render;
 mod resources;

@@ -2,7 +2,7 @@
 //! and the read-only fields the service filled in are added.
 
 use batchai_core::ids::Kind;
-use batchai_core::models::{ClusterSpec, JobSpec};
+use batchai_core::models::{ClusterSpec, FileServerSpec, JobSpec};
 use batchai_core::state::ExecutionState;
 use batchai_core::time::to_rfc3339;
 use batchai_store::ResourceRow;
@@ -43,13 +43,18 @@ fn spec_object<T: serde::de::DeserializeOwned + serde::Serialize>(
 pub fn resource(row: &ResourceRow) -> Value {
     match row.kind {
         Kind::ResourceGroup => resource_group(row),
-        Kind::Workspace | Kind::Experiment | Kind::FileServer => {
+        Kind::Workspace | Kind::Experiment => {
             let mut props = Map::new();
             provisioning(row, &mut props);
             envelope(row, Value::Object(props))
         }
         Kind::Cluster => cluster(row),
         Kind::Job => job(row),
+        Kind::FileServer => {
+            let mut props = spec_object::<FileServerSpec>(row, FileServerSpec::redacted);
+            provisioning(row, &mut props);
+            envelope(row, Value::Object(props))
+        }
     }
 }
 

@@ -7,7 +7,10 @@
 //! - [`env`]: every `$AZ_BATCHAI_*` variable of a job's processes.
 //! - [`toolkit`]: which processes each toolkit starts on which node, with which command line
 //!   and log files.
+//! - [`volumes`]: every mount volume as a node mounts it (links, NFS mounts of file servers,
+//!   unmanaged file systems' mount commands).
 
 pub mod env;
 pub mod paths;
 pub mod toolkit;
+pub mod volumes;

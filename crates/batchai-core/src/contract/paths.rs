@@ -60,8 +60,15 @@ pub enum MountError {
     BadFileUrl(String),
     #[error("'{0}' is not a valid storage account, share or container name")]
     BadName(String),
-    #[error("{0} mounts are not supported by this service yet")]
-    Unsupported(&'static str),
+    #[error(
+        "the file server {0} is not available to this node: it does not exist or was not created (is it \
+         declared with `batchai admin file-server declare`?)"
+    )]
+    FileServerUnresolved(String),
+    #[error("{0}")]
+    BadExport(String),
+    #[error("{0}")]
+    BadSourceDirectory(String),
 }
 
 fn safe_name(s: &str) -> Result<&str, MountError> {
@@ -92,7 +99,8 @@ pub fn parse_file_url(url: &str) -> Result<(String, String), MountError> {
     Ok((safe_name(account)?.to_lowercase(), safe_name(share)?.to_lowercase()))
 }
 
-/// The volumes of `mounts` as directories under `storage_root`.
+/// The shares and blob containers of `mounts` as directories under `storage_root` (file servers
+/// and unmanaged file systems are elsewhere: [`crate::contract::volumes`]).
 pub fn mount_sources(mounts: &MountVolumes, storage_root: &Path) -> Result<Vec<Mount>, MountError> {
     let mut out = Vec::new();
     for share in mounts.azure_file_shares.iter().flatten() {
@@ -109,12 +117,6 @@ pub fn mount_sources(mounts: &MountVolumes, storage_root: &Path) -> Result<Vec<M
             relative_mount_path: blob.relative_mount_path.clone(),
             source: storage_root.join(account).join(container),
         });
-    }
-    if mounts.file_servers.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(MountError::Unsupported("fileServers"));
-    }
-    if mounts.unmanaged_file_systems.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(MountError::Unsupported("unmanagedFileSystems"));
     }
     Ok(out)
 }
