@@ -39,9 +39,16 @@ have_systemd=1
 if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/dev/null; then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         log "installing systemd (for systemd-analyze)"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends systemd >&2
+        if ! (export DEBIAN_FRONTEND=noninteractive
+              apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd) >"$scratch/apt.log" 2>&1; then
+            tail -20 "$scratch/apt.log" >&2
+            log "installing systemd failed"
+            exit 1
+        fi
+        if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/dev/null; then
+            log "systemd-analyze or systemd-sysusers still missing after installing systemd"
+            exit 1
+        fi
     elif [[ ${CI:-} == true ]]; then
         log "systemd-analyze is missing and cannot be installed without root"
         exit 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lints, Rust unit/integration tests (SQLite and
-# Postgres), and the Python SDK suite against real server processes.
+# Postgres), the deployment files' checks, and the Python SDK suite against real server processes.
 #   scripts/test.sh            everything
 #   SKIP_LINT=1 scripts/test.sh  without fmt/clippy
 set -euo pipefail
@@ -31,6 +31,12 @@ fi
 step "cargo build"
 cargo build --workspace --locked
 export BATCHAI_BIN="$CARGO_TARGET_DIR/debug/batchai"
+
+# deploy/systemd and deploy/kubernetes, offline (systemd-analyze, Kubernetes schemas; the
+# command lines against the binary just built), and that the checks catch known breakages.
+# Without systemd-analyze and root it skips the systemd part, except under CI.
+step "deploy files (systemd, Kubernetes)"
+scripts/check-deploy.sh --self-test
 
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast

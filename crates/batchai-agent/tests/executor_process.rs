@@ -22,6 +22,36 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// A single-node assignment of `spec` on node `node`.
+fn task(spec: JobSpec, job: &str, epoch: i64, uid: &str, segment: &str, id: &str, node: &str) -> TaskAssignment {
+    TaskAssignment {
+        job: job.into(),
+        epoch,
+        rank: 0,
+        id: id.into(),
+        uid: uid.into(),
+        output_segment: segment.into(),
+        spec,
+        nodes: vec![Peer { id: node.into(), address: "127.0.0.1".into(), gpus: 0 }],
+        max_wall_clock_secs: 3600,
+        started_at: now_millis(),
+        stop: false,
+        file_servers: Vec::new(),
+    }
+}
+
+fn node(id: &str, data_dir: std::path::PathBuf, storage_root: std::path::PathBuf, image_map: ImageMap) -> NodeContext {
+    NodeContext {
+        node_id: id.into(),
+        data_dir,
+        storage_root,
+        gpus: Vec::new(),
+        stop_grace: Duration::from_secs(5),
+        image_map,
+        staging: None,
+    }
+}
+
 fn share() -> serde_json::Value {
     json!({"azureFileShares": [{"accountName": "acct", "credentials": {},
         "azureFileUrl": "https://acct.file.core.windows.net/share", "relativeMountPath": "afs"}]})
@@ -68,30 +98,16 @@ async fn a_custom_job_writes_its_output_onto_the_mounted_share() {
         "secrets": [{"name": "SECRET", "value": "hunter2"}]
     }))
     .unwrap();
-    let task = TaskAssignment {
-        job: "job1".into(),
-        epoch: 1,
-        rank: 0,
-        id: "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/job1"
-            .into(),
-        uid: "uid1".into(),
-        output_segment: SEGMENT.into(),
+    let task = task(
         spec,
-        nodes: vec![Peer { id: "node-1".into(), address: "127.0.0.1".into(), gpus: 0 }],
-        max_wall_clock_secs: 3600,
-        started_at: now_millis(),
-        stop: false,
-        file_servers: Vec::new(),
-    };
-    let node = NodeContext {
-        node_id: "node-1".into(),
-        data_dir: data.clone(),
-        storage_root: storage.clone(),
-        gpus: Vec::new(),
-        stop_grace: Duration::from_secs(5),
-        image_map: ImageMap::default(),
-        staging: None,
-    };
+        "job1",
+        1,
+        "uid1",
+        SEGMENT,
+        "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.BatchAI/workspaces/w/experiments/e/jobs/job1",
+        "node-1",
+    );
+    let node = node("node-1", data.clone(), storage.clone(), ImageMap::default());
     let (tx, mut reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
     let end = tokio::time::timeout(GUARD, execute(&node, &runtime, &task, Launch::default(), stop, tx)).await.unwrap();
@@ -124,29 +140,8 @@ async fn a_failing_command_reports_its_exit_code() {
         "customToolkitSettings": {"commandLine": "false"}
     }))
     .unwrap();
-    let task = TaskAssignment {
-        job: "job2".into(),
-        epoch: 3,
-        rank: 0,
-        id: "/x/jobs/job2".into(),
-        uid: "uid2".into(),
-        output_segment: "seg".into(),
-        spec,
-        nodes: vec![Peer { id: "n".into(), address: "127.0.0.1".into(), gpus: 0 }],
-        max_wall_clock_secs: 3600,
-        started_at: now_millis(),
-        stop: false,
-        file_servers: Vec::new(),
-    };
-    let node = NodeContext {
-        node_id: "n".into(),
-        data_dir: dir.path().join("data"),
-        storage_root: dir.path().join("storage"),
-        gpus: Vec::new(),
-        stop_grace: Duration::from_secs(5),
-        image_map: ImageMap::default(),
-        staging: None,
-    };
+    let task = task(spec, "job2", 3, "uid2", "seg", "/x/jobs/job2", "n");
+    let node = node("n", dir.path().join("data"), dir.path().join("storage"), ImageMap::default());
     let (tx, _reports) = mpsc::unbounded_channel();
     let (_keep, stop) = watch::channel(false);
     let end = tokio::time::timeout(GUARD, execute(&node, &ProcessRuntime::new(), &task, Launch::default(), stop, tx))
@@ -170,30 +165,10 @@ fn container_job(dir: &Path, image_map: ImageMap) -> (NodeContext, TaskAssignmen
         "customToolkitSettings": {"commandLine": "cat $AZ_BATCHAI_JOB_TEMP/prep; echo on the host"}
     }))
     .unwrap();
-    let task = TaskAssignment {
-        job: "job3".into(),
-        epoch: 1,
-        rank: 0,
-        id: "/x/jobs/job3".into(),
-        uid: "uid3".into(),
-        output_segment: "seg".into(),
-        spec,
-        nodes: vec![Peer { id: "n".into(), address: "127.0.0.1".into(), gpus: 0 }],
-        max_wall_clock_secs: 3600,
-        started_at: now_millis(),
-        stop: false,
-        file_servers: Vec::new(),
-    };
-    let node = NodeContext {
-        node_id: "n".into(),
-        data_dir: dir.join("data"),
-        storage_root: dir.join("storage"),
-        gpus: Vec::new(),
-        stop_grace: Duration::from_secs(5),
-        image_map,
-        staging: None,
-    };
-    (node, task)
+    (
+        node("n", dir.join("data"), dir.join("storage"), image_map),
+        task(spec, "job3", 1, "uid3", "seg", "/x/jobs/job3", "n"),
+    )
 }
 
 #[tokio::test]
