@@ -2,7 +2,7 @@
 # Offline checks of the deployment files (no running systemd, no cluster, no network once the
 # tools are installed):
 #   deploy/systemd/     systemd-analyze verify of the units, installed in a scratch root with a
-#                       stand-in at their ExecStart path; systemd-analyze security --offline with
+#                       stand-in for /usr/local/bin/batchai; systemd-analyze security --offline with
 #                       an exposure ceiling per unit; systemd-sysusers --dry-run of the sysusers
 #                       file; the example TOML configs and env files against batchai's config keys
 #   deploy/kubernetes/  every object against the Kubernetes JSON schemas shipped in the pinned
@@ -197,7 +197,7 @@ self_test() {
     local failed=0 spec file script what n=0
     for spec in "${cases[@]}"; do
         IFS='|' read -r file script what <<<"$spec"
-        if [[ $file == systemd/* && $have_systemd == 0 && $file == *.service ]]; then
+        if [[ $have_systemd == 0 && ($file == *.service || $file == *sysusers*) ]]; then
             continue
         fi
         n=$((n + 1))

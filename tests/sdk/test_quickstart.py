@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from azure.storage.file import FileService
 
 from conftest import PG_ENV, Backend
 from helpers import REPO_ROOT, require_image
@@ -49,6 +50,13 @@ def check_trained(dev, cwd, cp, out):
     assert len(jobs) == 1, jobs
     got = set(os.listdir(os.path.join(cwd, "quickstart-output", jobs[0])))
     assert {"stdout.txt", "stderr.txt", "execution.log", "ConvNet_MNIST.npz", "ConvNet_MNIST.json"} <= got, got
+    # What the job wrote is on the share: the Files API serves the same model file.
+    model = [os.path.join(d, f) for d, _, files in os.walk(share) for f in files if f == "ConvNet_MNIST.npz"]
+    assert len(model) == 1, model
+    directory, name = os.path.split(os.path.relpath(model[0], share))
+    files = FileService(connection_string=dev.dev_env["AZURE_STORAGE_CONNECTION_STRING"])
+    with open(os.path.join(cwd, "quickstart-output", jobs[0], "ConvNet_MNIST.npz"), "rb") as f:
+        assert files.get_file_to_bytes("batchaiquickstart", directory, name).content == f.read()
     with open(os.path.join(cwd, "quickstart-output", jobs[0], "execution.log")) as f:
         return f.read()
 
