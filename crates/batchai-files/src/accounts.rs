@@ -51,9 +51,26 @@ pub struct MasterKey {
 impl MasterKey {
     /// Reads the key file (32 bytes, base64), creating it (mode 0600) on first use.
     pub fn load_or_create(path: &Path) -> Result<Self, AccountError> {
+        Self::read(path, true)
+    }
+
+    /// Reads the key file; a missing one is an error. What runs beside the servers (`batchai
+    /// admin`) must use their key: a new one would seal keys no server can open.
+    pub fn load(path: &Path) -> Result<Self, AccountError> {
+        Self::read(path, false)
+    }
+
+    fn read(path: &Path, create: bool) -> Result<Self, AccountError> {
         let bad = |why: String| AccountError::MasterKey { path: path.display().to_string(), why };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => {
+                return Err(bad(
+                    "it does not exist: the server creates it on its first start; point storage_master_key at \
+                     the file the servers use"
+                        .into(),
+                ));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut raw = [0u8; 32];
                 SystemRandom::new().fill(&mut raw).map_err(|_| bad("no randomness".into()))?;
@@ -215,9 +232,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/storage-master.key");
+        assert!(matches!(MasterKey::load(&path), Err(AccountError::MasterKey { .. })), "load never creates");
+        assert!(!path.exists());
         let a = MasterKey::load_or_create(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let b = MasterKey::load_or_create(&path).unwrap();
+        let b = MasterKey::load(&path).unwrap();
         assert_eq!(b.open("x", &a.seal("x", b"k")).as_deref(), Some(&b"k"[..]));
         std::fs::write(&path, "short").unwrap();
         assert!(matches!(MasterKey::load_or_create(&path), Err(AccountError::MasterKey { .. })));

@@ -122,7 +122,7 @@ pub enum SpCommand {
     },
     /// List principals (no secrets).
     List,
-    /// Delete a principal; its tokens stop working at once.
+    /// Delete a principal: it gets no new tokens; access tokens already issued lapse at expiry.
     Delete { client_id: String },
 }
 
@@ -283,12 +283,16 @@ pub fn connection_string(name: &str, key: &str, files_url: &str) -> String {
     format!("DefaultEndpointsProtocol={protocol};AccountName={name};AccountKey={key};FileEndpoint={url}/{name}")
 }
 
-/// Opens the storage accounts with the configured master key.
+/// Opens the storage accounts with the configured master key; only the server (`create`)
+/// makes one when there is none.
 pub fn accounts(
     cfg: &Config,
     store: std::sync::Arc<dyn batchai_store::Store>,
+    create: bool,
 ) -> anyhow::Result<batchai_files::Accounts> {
-    let master = batchai_files::MasterKey::load_or_create(&cfg.storage_master_key())?;
+    let path = cfg.storage_master_key();
+    let master =
+        if create { batchai_files::MasterKey::load_or_create(&path)? } else { batchai_files::MasterKey::load(&path)? };
     Ok(batchai_files::Accounts::new(store, master))
 }
 
@@ -297,7 +301,7 @@ async fn storage_account(
     store: std::sync::Arc<dyn batchai_store::Store>,
     command: StorageAccountCommand,
 ) -> anyhow::Result<()> {
-    let accounts = accounts(cfg, store)?;
+    let accounts = accounts(cfg, store, false)?;
     let shown = |name: &str, key: &str, files_url: Option<String>| {
         let mut out = json!({"name": name, "key": key});
         if let Some(url) = files_url {

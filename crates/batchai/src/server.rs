@@ -156,7 +156,7 @@ async fn start_files(
     addr: std::net::SocketAddr,
     tls: axum_server::tls_rustls::RustlsConfig,
 ) -> anyhow::Result<FilesEndpoint> {
-    let accounts = std::sync::Arc::new(crate::admin::accounts(cfg, state.store.clone())?);
+    let accounts = std::sync::Arc::new(crate::admin::accounts(cfg, state.store.clone(), true)?);
     let shares = batchai_files::Shares::open(&state.settings.storage_root)
         .with_context(|| format!("opening the storage root {}", state.settings.storage_root.display()))?;
     let https = !addr.ip().is_loopback();
