@@ -272,3 +272,25 @@ def test_the_current_sdk_azure_storage_file_share_12(server, storage):
     wrong = storage["connection_string"].replace(storage["key"], base64.b64encode(b"x" * 64).decode())
     with pytest.raises(ClientAuthenticationError):
         list(ShareServiceClient.from_connection_string(wrong).list_shares())
+
+
+def test_mounting_a_registered_accounts_share_needs_its_key(storage, account, ws):
+    from msrestazure.azure_exceptions import CloudError
+
+    from helpers import wait
+    from payloads import quickstart_cluster
+
+    rg, w = ws
+    wrong = base64.b64encode(b"x" * 64).decode()
+    with pytest.raises(CloudError) as e:
+        account.batchai.clusters.create(rg, w, "wrongkey", quickstart_cluster(account=storage["name"], key=wrong))
+    assert e.value.status_code == 400, e.value
+    assert f"not the key of storage account '{storage['name']}'" in str(e.value), e.value
+    with pytest.raises(CloudError) as e:
+        account.batchai.clusters.get(rg, w, "wrongkey")
+    assert e.value.status_code == 404, "nothing was created"
+    cluster = wait(account.batchai.clusters.create(rg, w, "rightkey",
+                                                   quickstart_cluster(account=storage["name"], key=storage["key"])))
+    assert cluster.provisioning_state == "succeeded"
+    # An account this server does not know is a plain directory of the storage root, as before.
+    wait(account.batchai.clusters.create(rg, w, "unknown", quickstart_cluster(account="notregistered", key=wrong)))

@@ -85,6 +85,15 @@ pub struct AppState {
     pub scheduler: batchai_scheduler::runner::Signals,
     /// Agents' long polls waiting for their node's assignments to change.
     pub waiters: Arc<agent::Waiters>,
+    /// The storage accounts' keys, when the server has them: mounts of a registered account's
+    /// shares must give its key.
+    pub share_keys: Option<Arc<dyn ShareKeys>>,
+}
+
+/// Storage accounts' keys (the binary plugs in the Files endpoint's accounts).
+pub trait ShareKeys: Send + Sync {
+    /// The key of `account` (raw bytes); `None` for an account this server does not know.
+    fn key<'a>(&'a self, account: &'a str) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, String>>;
 }
 
 impl AppState {
@@ -99,7 +108,14 @@ impl AppState {
             ops_wake: Arc::new(Notify::new()),
             scheduler: batchai_scheduler::runner::Signals { nodes: waiters.clone(), ..Default::default() },
             waiters,
+            share_keys: None,
         })
+    }
+
+    /// Checks mounts' `accountKey` against these keys from now on.
+    pub fn with_share_keys(mut self, keys: Arc<dyn ShareKeys>) -> Self {
+        self.share_keys = Some(keys);
+        self
     }
 }
 

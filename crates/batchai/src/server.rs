@@ -28,7 +28,9 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
         .with_context(|| format!("creating the storage root {}", settings.storage_root.display()))?;
     // Absolute, so links and listings do not depend on the working directory.
     settings.storage_root = std::fs::canonicalize(&settings.storage_root)?;
-    let state = AppState::new(store, settings).await?;
+    // Storage accounts: checked on cluster and job mounts, served by the Files endpoint.
+    let accounts = std::sync::Arc::new(crate::admin::accounts(&cfg, store.clone(), true)?);
+    let state = AppState::new(store, settings).await?.with_share_keys(std::sync::Arc::new(ShareKeys(accounts.clone())));
 
     let tls = tls::ensure(&data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -71,7 +73,7 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     }
     let files_addr = cfg.files_listen.or(dev.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
     let files = match files_addr {
-        Some(addr) => Some(start_files(&cfg, &state, addr, rustls_config.clone()).await?),
+        Some(addr) => Some(start_files(&state, accounts.clone(), addr, rustls_config.clone()).await?),
         None => None,
     };
     let runner = tokio::spawn(batchai_api::lro::run(state.clone(), stop_rx.clone()));
@@ -140,6 +142,15 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Files endpoint's accounts, as the API checks mounts' keys against them.
+struct ShareKeys(std::sync::Arc<batchai_files::Accounts>);
+
+impl batchai_api::ShareKeys for ShareKeys {
+    fn key<'a>(&'a self, account: &'a str) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move { self.0.key(account).await.map_err(|e| e.to_string()) })
+    }
+}
+
 /// The running Azure Files endpoint.
 struct FilesEndpoint {
     url: String,
@@ -151,12 +162,11 @@ struct FilesEndpoint {
 /// Serves the Files endpoint on `addr`: plain HTTP on loopback, HTTPS with the server's
 /// certificate elsewhere (SharedKey signs requests but does not hide the data).
 async fn start_files(
-    cfg: &Config,
     state: &AppState,
+    accounts: std::sync::Arc<batchai_files::Accounts>,
     addr: std::net::SocketAddr,
     tls: axum_server::tls_rustls::RustlsConfig,
 ) -> anyhow::Result<FilesEndpoint> {
-    let accounts = std::sync::Arc::new(crate::admin::accounts(cfg, state.store.clone(), true)?);
     let shares = batchai_files::Shares::open(&state.settings.storage_root)
         .with_context(|| format!("opening the storage root {}", state.settings.storage_root.display()))?;
     let https = !addr.ip().is_loopback();

@@ -3,15 +3,20 @@
 
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use batchai_core::contract::paths::parse_file_url;
 use batchai_core::contract::volumes::Export;
 use batchai_core::ids::{Kind, ResourceRef};
-use batchai_core::models::{ClusterSpec, ClusterUpdate, DeclaredExport, FileServerSpec, JobSpec, scale_defaults};
+use batchai_core::models::{
+    ClusterSpec, ClusterUpdate, DeclaredExport, FileServerSpec, JobSpec, MountVolumes, scale_defaults,
+};
 use batchai_core::names::{NameKind, ResourceName};
 use batchai_core::state::{AllocationState, ProvisioningState};
 use batchai_core::{ApiError, ErrorCode, validate};
 use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, Scope, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::resources::{LocatedBody, being_deleted, list_page, load_group, new_resource, patch_tags};
 use super::route::{JobAction, Route};
@@ -254,6 +259,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     validate::cluster(&spec)?;
     let mounts = spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref());
     check_file_servers(ctx, validate::file_server_refs(mounts, "properties.nodeSetup.mountVolumes.")).await?;
+    check_share_keys(ctx, mounts, "properties.nodeSetup.mountVolumes.").await?;
     let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
     spec.apply_defaults(&format!(
@@ -312,6 +318,7 @@ async fn put_job(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let (tool, cluster, priority, wall_secs) = validate::job(&spec)?;
     check_file_servers(ctx, validate::file_server_refs(spec.mount_volumes.as_ref(), "properties.mountVolumes."))
         .await?;
+    check_share_keys(ctx, spec.mount_volumes.as_ref(), "properties.mountVolumes.").await?;
     spec.apply_defaults();
     let (mut op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
@@ -400,6 +407,49 @@ async fn put_file_server(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> 
 
 /// Refuses references to file servers that cannot be mounted: missing (or in a subscription the
 /// caller cannot use), being deleted, or failed because nobody declared them.
+/// A share or container of a registered storage account is mounted only with the account's
+/// key, as Azure mounts it. Accounts the server does not know are plain directories of the
+/// storage root and stay open to every cluster, as before storage accounts existed.
+async fn check_share_keys(ctx: &Ctx, mounts: Option<&MountVolumes>, base: &str) -> Result<(), Error> {
+    let (Some(keys), Some(m)) = (&ctx.state.share_keys, mounts) else { return Ok(()) };
+    let shares = m.azure_file_shares.iter().flatten().enumerate().map(|(i, s)| {
+        let account =
+            parse_file_url(&s.azure_file_url).map(|(a, _)| a).unwrap_or_else(|_| s.account_name.to_lowercase());
+        (account, &s.credentials, format!("{base}azureFileShares[{i}].credentials.accountKey"))
+    });
+    let blobs = m.azure_blob_file_systems.iter().flatten().enumerate().map(|(i, b)| {
+        (
+            b.account_name.to_lowercase(),
+            &b.credentials,
+            format!("{base}azureBlobFileSystems[{i}].credentials.accountKey"),
+        )
+    });
+    for (account, credentials, target) in shares.chain(blobs) {
+        let real = keys.key(&account).await.map_err(|e| {
+            tracing::error!(error = %e, "reading a storage account key");
+            Error::from(ApiError::internal())
+        })?;
+        let Some(real) = real else { continue };
+        let given = credentials
+            .account_key
+            .as_deref()
+            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k.trim()).ok());
+        // Digests compared, so the comparison's time tells nothing about the key.
+        let matches = given.is_some_and(|g| Sha256::digest(&g) == Sha256::digest(&real));
+        if !matches {
+            return Err(ApiError::invalid(
+                target,
+                format!(
+                    "This is not the key of storage account '{account}' (a Key Vault reference cannot be checked \
+                     here: give the key itself)."
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 async fn check_file_servers(ctx: &Ctx, refs: Vec<(&str, String)>) -> Result<(), Error> {
     for (id, target) in refs {
         let r = ResourceRef::parse_id(id, Kind::FileServer).map_err(|e| ApiError::invalid(&target, e))?;
