@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use crate::executor::NodeContext;
 use crate::facts::{self, FactsConfig};
+use crate::health::Health;
 use crate::images::ImageMap;
 use crate::runtime::Runtime;
 use crate::setup::stopped;
@@ -70,6 +71,8 @@ pub struct AgentConfig {
     /// The node does not see the shared storage root: it keeps its own copy (`storage_root`,
     /// else `data_dir/storage`) and stages shares through the server ([`crate::staging`]).
     pub staged: bool,
+    /// Where to serve `/healthz` ([`crate::health`]); not served when unset.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,12 +105,19 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(io_error(format!("creating {}", cfg.data_dir.display())))?;
     let server = Server::new(&cfg)?;
+    let health = Arc::new(Health::default());
+    if let Some(addr) = cfg.health_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_error(format!("binding {addr}")))?;
+        tracing::info!(address = %listener.local_addr().map_err(io_error(String::from("the health listener")))?, "serving /healthz");
+        tokio::spawn(crate::health::serve(listener, health.clone(), shutdown.clone()));
+    }
     let facts_cfg = cfg.facts.clone();
     let mut facts = tokio::task::spawn_blocking(move || facts::discover(&facts_cfg))
         .await
         .map_err(|e| AgentError::Config(format!("discovering the node's facts: {e}")))?;
     runtime.name().clone_into(&mut facts.runtime);
     let Some(identity) = identity(&cfg, &server, &facts, &mut shutdown).await? else { return Ok(()) };
+    health.joined(&identity.node_id);
     let (storage_root, staging) = if cfg.staged {
         let local = cfg.storage_root.clone().unwrap_or_else(|| cfg.data_dir.join("storage"));
         let stager = Stager::new(server.http.clone(), &server.base, &identity.credential, local.clone());
@@ -152,6 +162,7 @@ pub async fn run(
             Some(None) => state.urgent = true,
             Some(Some(Ok(response))) => {
                 backoff = BACKOFF_FIRST;
+                health.synced();
                 if request.facts.is_some() {
                     state.facts_pending = false;
                 }
@@ -321,6 +332,7 @@ mod tests {
             stop_grace: DEFAULT_STOP_GRACE,
             image_map: ImageMap::default(),
             staged: false,
+            health_listen: None,
         };
         assert!(matches!(Server::new(&cfg), Err(AgentError::Io { .. })), "a missing file");
         std::fs::write(&ca, "not a certificate").unwrap();

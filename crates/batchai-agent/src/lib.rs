@@ -20,6 +20,7 @@ pub mod agent;
 pub mod executor;
 pub mod facts;
 pub mod gpus;
+pub mod health;
 pub mod images;
 pub mod mounts;
 pub mod runtime;

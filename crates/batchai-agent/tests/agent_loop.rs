@@ -128,6 +128,7 @@ fn config(url: &str, data: &Path) -> AgentConfig {
         stop_grace: Duration::from_secs(1),
         image_map: ImageMap::default(),
         staged: false,
+        health_listen: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //!   credential helpers `batchai admin` uses.
 //! - [`lro`]: the long-running-operation engine that finishes creates, deletes and terminates,
 //!   durably, whichever server process picks them up.
+//! - [`health`]: `/healthz` and `/readyz` for load balancers and orchestrators.
 //! - [`files`]: job output files under the storage root: the listings of `listOutputFiles` and
 //!   the signed download links they carry.
 
@@ -17,6 +18,7 @@ pub mod arm;
 pub mod auth;
 mod error;
 pub mod files;
+pub mod health;
 pub mod lro;
 pub mod token_service;
 
@@ -141,6 +143,7 @@ pub fn router(state: AppState, scheme: Scheme) -> Router {
         .merge(files::routes())
         .merge(agent::routes())
         .merge(agent_storage::routes())
+        .merge(health::routes())
         .fallback(arm::handle)
         .with_state(state)
         .layer(middleware::from_fn(request_ids))

@@ -61,6 +61,9 @@ pub trait Store: Fleet + Storage + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
     async fn ping(&self) -> Result<()>;
+    /// Whether every migration this build has is applied to the database (a server started
+    /// against a database another, newer or older, build migrated answers false).
+    async fn schema_current(&self) -> Result<bool>;
 
     /// Returns the stored value of `key`, storing `value` first when there is none.
     async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String>;

@@ -49,7 +49,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("../../migrations/postgres").run(&pool).await?;
+        PG_MIGRATOR.run(&pool).await?;
         let batch_pool = pool.clone();
         let inserts = Batcher::spawn(2, move |batch| pg_insert_batch(batch_pool.clone(), batch));
         Ok(Self { pool, inserts })
@@ -70,7 +70,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(30));
         let writer = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await?;
-        sqlx::migrate!("../../migrations/sqlite").run(&writer).await?;
+        SQLITE_MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
         let batch_writer = writer.clone();
         let inserts = Batcher::spawn(1, move |batch| sqlite_insert_batch(batch_writer.clone(), batch));
@@ -250,8 +250,12 @@ macro_rules! operation_columns {
     };
 }
 
+/// The migrations each backend is built with; readiness compares the database against them.
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
 macro_rules! sql_store {
-    ($store:ident, backend = $backend:literal, begin_write = $begin:literal, skip_locked = $skip_locked:literal) => {
+    ($store:ident, backend = $backend:literal, migrator = $migrator:ident, begin_write = $begin:literal, skip_locked = $skip_locked:literal) => {
         impl $store {
             pub(crate) async fn insert_operation_in(
                 conn: &mut <<Self as StoreDb>::Db as sqlx::Database>::Connection,
@@ -292,6 +296,13 @@ macro_rules! sql_store {
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(self.writer()).await?;
                 Ok(())
+            }
+
+            async fn schema_current(&self) -> Result<bool> {
+                let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok($migrator.iter().all(|m| applied.contains(&m.version)))
             }
 
             async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String> {
@@ -706,5 +717,17 @@ impl StoreDb for SqliteStore {
     type Db = sqlx::Sqlite;
 }
 
-sql_store!(PgStore, backend = "postgres", begin_write = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED");
-sql_store!(SqliteStore, backend = "sqlite", begin_write = "BEGIN IMMEDIATE", skip_locked = "");
+sql_store!(
+    PgStore,
+    backend = "postgres",
+    migrator = PG_MIGRATOR,
+    begin_write = "BEGIN",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);
+sql_store!(
+    SqliteStore,
+    backend = "sqlite",
+    migrator = SQLITE_MIGRATOR,
+    begin_write = "BEGIN IMMEDIATE",
+    skip_locked = ""
+);

@@ -74,6 +74,8 @@ pub struct Config {
     /// `process` never uses it (jobs with `containerSettings` then fail on this node, unless
     /// `image_map` sends their image to `host`).
     pub runtime: String,
+    /// `batchai agent`: serve `/healthz` here (unset: not served).
+    pub health_listen: Option<SocketAddr>,
     /// `batchai agent`: `shared` (default: the storage root is mounted here at the server's
     /// path, or at `storage_root`) or `staged` (it is not: the agent keeps its own copy in
     /// `storage_root`, default `{data_dir}/storage`, fetching a job's shares before it runs and
@@ -125,6 +127,7 @@ impl Default for Config {
             stop_grace_secs: 10,
             runtime: "auto".into(),
             storage_mode: "shared".into(),
+            health_listen: None,
             docker_network: "host".into(),
             image_map: Vec::new(),
             custom_vm_sizes: Vec::new(),
@@ -222,6 +225,10 @@ pub struct AgentOverrides {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_mode: Option<String>,
+    /// Serve /healthz on this address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -337,6 +344,7 @@ impl Config {
                 self.image_map.iter().map(|m| (m.pattern.clone(), m.image.clone())).collect(),
             ),
             staged: self.storage_mode == "staged",
+            health_listen: self.health_listen,
         })
     }
 

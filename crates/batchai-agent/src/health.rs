@@ -1,0 +1,56 @@
+//! The agent's `/healthz` (when `health_listen` is set): 200 while the agent's loop runs, with
+//! what an operator checks first — which node it is and when it last heard from its server. A
+//! partition from the server is reported, not failed: restarting the agent would not mend it,
+//! and would lose the host processes of a running job.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use batchai_core::time::{now_millis, to_rfc3339};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// What the loop tells the health endpoint.
+#[derive(Default)]
+pub struct Health {
+    node: OnceLock<String>,
+    /// Epoch ms of the last successful sync; 0 before the first.
+    last_sync: AtomicI64,
+}
+
+impl Health {
+    pub fn joined(&self, node: &str) {
+        let _ = self.node.set(node.to_owned());
+    }
+
+    pub fn synced(&self) {
+        self.last_sync.store(now_millis(), Ordering::Relaxed);
+    }
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> Json<serde_json::Value> {
+    let last = health.last_sync.load(Ordering::Relaxed);
+    Json(json!({
+        "status": "ok",
+        "node": health.node.get(),
+        "last_sync": (last > 0).then(|| to_rfc3339(last)),
+        "since_last_sync_ms": (last > 0).then(|| now_millis() - last),
+    }))
+}
+
+/// Serves `/healthz` on `listener` until `stop` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
+    let app = Router::new().route("/healthz", get(healthz)).with_state(health);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "the health endpoint stopped");
+    }
+}
