@@ -10,6 +10,13 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# promtool (Debian's prometheus package) checks the /metrics expositions in the Rust tests;
+# without it they say so and carry on, except under CI.
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  step "promtool"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
+
 step "postgres"
 BATCHAI_TEST_PG_URL="$(scripts/postgres.sh)"
 export BATCHAI_TEST_PG_URL

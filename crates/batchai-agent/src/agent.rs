@@ -133,7 +133,9 @@ pub async fn run(
         stop_grace: cfg.stop_grace,
         image_map: cfg.image_map.clone(),
         staging,
+        metrics: health.metrics.clone(),
     };
+    health.metrics.gpus.set(facts.gpus.len() as i64);
     tracing::info!(node.id = %node.node_id, runtime = runtime.name(), storage_root = %node.storage_root.display(), staged = cfg.staged, "agent started");
     let (mut state, mut events) = State::new(node, runtime, facts);
     let mut backoff = BACKOFF_FIRST;
@@ -177,6 +179,7 @@ pub async fn run(
             }
             Some(Some(Err(e))) => {
                 state.urgent |= was_urgent;
+                health.metrics.sync_failures.inc();
                 tracing::warn!(error = %e, retry_ms = backoff.as_millis(), "sync failed");
                 tokio::select! {
                     () = stopped(&mut shutdown) => break Ok(()),

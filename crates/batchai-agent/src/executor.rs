@@ -51,6 +51,8 @@ pub struct NodeContext {
     /// Set when the node does not see the shared storage root: `storage_root` is the node's
     /// own copy, synchronised through the server ([`crate::staging`]).
     pub staging: Option<Arc<Stager>>,
+    /// What `/metrics` reports (start times here; running jobs and GPUs in the agent's state).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl NodeContext {
@@ -511,9 +513,12 @@ impl Execution<'_> {
             stderr: prepared.stdouterr.join(&process.stderr),
             container: self.container(&process.name),
         };
+        let kind = if spec.container.is_some() { "container" } else { "process" };
+        let started = std::time::Instant::now();
         let handle = self.runtime.start(spec).await.inspect_err(|e| {
             tracing::warn!(job.id = %self.task.id, process.name = %process.name, error = %e, "cannot start process");
         })?;
+        self.node.metrics.starts.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         tracing::info!(job.id = %self.task.id, process.name = %process.name, process.id = %handle.id(), "process started");
         self.procs.push(Proc { name: process.name.clone(), daemon, handle, exit: None });
         Ok(self.procs.len() - 1)

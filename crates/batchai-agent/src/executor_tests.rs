@@ -21,6 +21,7 @@ pub(crate) fn node(dir: &Path) -> NodeContext {
         stop_grace: GRACE,
         image_map: ImageMap::default(),
         staging: None,
+        metrics: Default::default(),
     }
 }
 

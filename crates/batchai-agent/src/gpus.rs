@@ -79,6 +79,16 @@ impl GpuPool {
     pub fn release(&mut self, task: &TaskKey) {
         self.held.remove(task);
     }
+
+    /// The GPUs each task holds, by job.
+    pub fn in_use(&self) -> Vec<(String, Vec<Gpu>)> {
+        self.held
+            .iter()
+            .map(|((job, _), indices)| {
+                (job.clone(), self.gpus.iter().filter(|g| indices.contains(&g.index)).cloned().collect())
+            })
+            .collect()
+    }
 }
 
 /// The variables that limit a host process to `given` when the node has GPUs (`node_has_gpus`);

@@ -1,4 +1,4 @@
-//! The agent's `/healthz` (when `health_listen` is set): 200 while the agent's loop runs, with
+//! The agent's `/healthz` and `/metrics` (when `health_listen` is set). `/healthz`: 200 while the agent's loop runs, with
 //! what an operator checks first — which node it is and when it last heard from its server. A
 //! partition from the server is reported, not failed: restarting the agent would not mend it,
 //! and would lose the host processes of a running job.
@@ -9,10 +9,13 @@ use std::sync::{Arc, OnceLock};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use batchai_core::time::{now_millis, to_rfc3339};
 use serde_json::json;
 use tokio::sync::watch;
+
+use crate::metrics::AgentMetrics;
 
 /// What the loop tells the health endpoint.
 #[derive(Default)]
@@ -20,6 +23,7 @@ pub struct Health {
     node: OnceLock<String>,
     /// Epoch ms of the last successful sync; 0 before the first.
     last_sync: AtomicI64,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 impl Health {
@@ -42,9 +46,14 @@ async fn healthz(State(health): State<Arc<Health>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// Serves `/healthz` on `listener` until `stop` turns true.
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let content_type = prometheus::TEXT_FORMAT;
+    ([(axum::http::header::CONTENT_TYPE, content_type)], health.metrics.encode())
+}
+
+/// Serves `/healthz` and `/metrics` on `listener` until `stop` turns true.
 pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
-    let app = Router::new().route("/healthz", get(healthz)).with_state(health);
+    let app = Router::new().route("/healthz", get(healthz)).route("/metrics", get(metrics)).with_state(health);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|s| *s).await;

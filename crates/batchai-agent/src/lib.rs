@@ -22,6 +22,7 @@ pub mod facts;
 pub mod gpus;
 pub mod health;
 pub mod images;
+pub mod metrics;
 pub mod mounts;
 pub mod runtime;
 pub mod setup;

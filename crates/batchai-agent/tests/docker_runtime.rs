@@ -52,6 +52,7 @@ fn node(dir: &Path, id: &str) -> NodeContext {
         stop_grace: Duration::from_secs(1),
         image_map: ImageMap::default(),
         staging: None,
+        metrics: Default::default(),
     }
 }
 
@@ -274,6 +275,7 @@ async fn an_image_mapped_to_host_runs_without_a_container() {
     let node = NodeContext {
         image_map: ImageMap(vec![("microsoft/cntk:*".into(), HOST.into())]),
         staging: None,
+        metrics: Default::default(),
         ..node(dir.path(), "node-host")
     };
     let t = task(json!({

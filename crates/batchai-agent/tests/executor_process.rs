@@ -49,6 +49,7 @@ fn node(id: &str, data_dir: std::path::PathBuf, storage_root: std::path::PathBuf
         stop_grace: Duration::from_secs(5),
         image_map,
         staging: None,
+        metrics: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`lro`]: the long-running-operation engine that finishes creates, deletes and terminates,
 //!   durably, whichever server process picks them up.
 //! - [`health`]: `/healthz` and `/readyz` for load balancers and orchestrators.
+//! - [`metrics`]: `/metrics` for Prometheus.
 //! - [`files`]: job output files under the storage root: the listings of `listOutputFiles` and
 //!   the signed download links they carry.
 
@@ -20,6 +21,7 @@ mod error;
 pub mod files;
 pub mod health;
 pub mod lro;
+pub mod metrics;
 pub mod token_service;
 
 use std::path::PathBuf;
@@ -90,6 +92,8 @@ pub struct AppState {
     /// The storage accounts' keys, when the server has them: mounts of a registered account's
     /// shares must give its key.
     pub share_keys: Option<Arc<dyn ShareKeys>>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Storage accounts' keys (the binary plugs in the Files endpoint's accounts).
@@ -111,6 +115,7 @@ impl AppState {
             scheduler: batchai_scheduler::runner::Signals { nodes: waiters.clone(), ..Default::default() },
             waiters,
             share_keys: None,
+            metrics: Default::default(),
         })
     }
 
@@ -144,8 +149,10 @@ pub fn router(state: AppState, scheme: Scheme) -> Router {
         .merge(agent::routes())
         .merge(agent_storage::routes())
         .merge(health::routes())
+        .merge(metrics::routes())
         .fallback(arm::handle)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(state, metrics::track))
         .layer(middleware::from_fn(request_ids))
         .layer(axum::Extension(scheme))
 }

@@ -85,6 +85,11 @@ fn batchai_operation_url(ctx: &crate::arm::Ctx, op: &Operation, leaf: &str) -> S
 
 /// 202 with the three headers Batch AI clients poll by.
 pub(crate) fn accepted(ctx: &crate::arm::Ctx, op: &Operation) -> Response {
+    if op.status != OperationStatus::InProgress {
+        // Finished as it was recorded (a create with nothing left to do): counted here, since
+        // the runner never sees it.
+        count(&ctx.state, op, op.status);
+    }
     let mut res = StatusCode::ACCEPTED.into_response();
     let h = res.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, name: &'static str, v: String| {
@@ -187,6 +192,11 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
     }
 }
 
+/// Counts a finished operation for `/metrics`.
+fn count(state: &AppState, op: &Operation, status: OperationStatus) {
+    state.metrics.operations.with_label_values(&[op.kind.as_str(), status.as_str()]).inc();
+}
+
 /// One run of an operation. Returns without finishing it when it must wait (a running job
 /// being terminated), so the next lease retries it.
 async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
@@ -194,7 +204,11 @@ async fn execute(state: &AppState, op: &Operation) -> Result<(), StoreError> {
     let now = now_millis();
     let finish = |status, err: Option<(&'static str, String)>| async move {
         let err_ref = err.as_ref().map(|(c, m)| (*c, m.as_str()));
-        store.finish_operation(&op.id, status, err_ref, now_millis()).await
+        let finished = store.finish_operation(&op.id, status, err_ref, now_millis()).await?;
+        if finished {
+            count(state, op, status);
+        }
+        Ok::<bool, StoreError>(finished)
     };
     match op.kind {
         OperationKind::Create if op.resource_kind == Kind::FileServer && !file_server_declared(state, op).await? => {

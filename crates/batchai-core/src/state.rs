@@ -8,13 +8,16 @@ macro_rules! wire_enum {
         pub enum $name { $($variant),* }
 
         impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$($name::$variant),*];
+
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),* }
             }
 
             /// Parses the wire/storage string, ignoring case (ARM enums are case-insensitive).
             pub fn parse(s: &str) -> Option<Self> {
-                [$($name::$variant),*].into_iter().find(|v| v.as_str().eq_ignore_ascii_case(s))
+                Self::ALL.iter().copied().find(|v| v.as_str().eq_ignore_ascii_case(s))
             }
         }
     };

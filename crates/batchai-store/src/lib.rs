@@ -64,6 +64,8 @@ pub trait Store: Fleet + Storage + Send + Sync + 'static {
     /// Whether every migration this build has is applied to the database (a server started
     /// against a database another, newer or older, build migrated answers false).
     async fn schema_current(&self) -> Result<bool>;
+    /// Jobs per (execution state, priority rank): what the metrics report.
+    async fn job_counts(&self) -> Result<Vec<(String, i32, i64)>>;
 
     /// Returns the stored value of `key`, storing `value` first when there is none.
     async fn meta_get_or_insert(&self, key: &str, value: &str) -> Result<String>;

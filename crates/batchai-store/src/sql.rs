@@ -298,6 +298,17 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn job_counts(&self) -> Result<Vec<(String, i32, i64)>> {
+                let rows = sqlx::query(
+                    "SELECT execution_state, priority, COUNT(*) AS n FROM jobs GROUP BY execution_state, priority",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get("execution_state")?, r.try_get("priority")?, r.try_get("n")?)))
+                    .collect()
+            }
+
             async fn schema_current(&self) -> Result<bool> {
                 let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                     .fetch_all(&self.pool)

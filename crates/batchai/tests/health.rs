@@ -83,3 +83,94 @@ async fn the_agent_says_which_node_it_is_and_when_it_last_synced() {
     let nodes = common::farm::nodes(&server);
     assert!(nodes.iter().any(|(id, _, _)| id == node), "{node} is a registered node: {nodes:?}");
 }
+
+/// The value of the sample `name{labels}` in an exposition, if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+}
+
+async fn scrape(url: &str) -> String {
+    let text = reqwest::get(url).await.expect("scraped").text().await.expect("text");
+    // promtool (Debian's prometheus package; scripts/test.sh installs it under CI) checks the
+    // exposition the way Prometheus reads it.
+    match Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).output_with(&text) {
+        Some(out) => {
+            assert!(out.status.success(), "promtool check metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr))
+        }
+        None if std::env::var("CI").is_ok() => panic!("promtool is missing under CI"),
+        None => eprintln!("promtool not installed: exposition not checked"),
+    }
+    text
+}
+
+trait OutputWith {
+    fn output_with(&mut self, stdin: &str) -> Option<std::process::Output>;
+}
+
+impl OutputWith for Command {
+    fn output_with(&mut self, stdin: &str) -> Option<std::process::Output> {
+        use std::io::Write;
+        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().ok()?;
+        child.stdin.take().expect("stdin piped").write_all(stdin.as_bytes()).expect("written");
+        child.wait_with_output().ok()
+    }
+}
+
+#[tokio::test]
+async fn a_running_job_shows_in_the_job_and_gpu_metrics_until_it_ends() {
+    for backend in backends() {
+        let server = common::farm::start(backend, common::farm::env());
+        // One GPU, as nvidia-smi would list it, so the GPU → job series can be seen here.
+        let bin = tempfile::tempdir().unwrap();
+        common::farm::write_executable(
+            &bin.path().join("nvidia-smi"),
+            "#!/bin/sh\necho '0, GPU-00000000-0000-0000-0000-000000000001, Test GPU, 16384'\n",
+        );
+        let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+        let port = common::free_port();
+        let mut env = common::farm::env();
+        env.extend([("BATCHAI_HEALTH_LISTEN".into(), format!("127.0.0.1:{port}")), ("PATH".into(), path)]);
+        let _agent = common::Agent::start(&server, &env);
+        let c = server.client();
+        let exp = common::farm::farm(&c, "rg", 1).await;
+        let gate = tempfile::tempdir().unwrap();
+        let go = gate.path().join("go");
+        let command = format!("while [ ! -e {} ]; do sleep 0.1; done", go.display());
+        let body =
+            common::farm::job_body("rg", 1, serde_json::json!({"customToolkitSettings": {"commandLine": command}}));
+        let job = common::farm::submit(&c, &exp, "metered", &body).await;
+        common::farm::state_is(&c, &job, "running").await;
+
+        let server_metrics = format!("{}/metrics", server.http);
+        let agent_metrics = format!("http://127.0.0.1:{port}/metrics");
+        let text = scrape(&server_metrics).await;
+        assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="running"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"batchai_nodes{state="running"}"#), Some(1.0), "{text}");
+        assert_eq!((sample(&text, "batchai_gpus"), sample(&text, "batchai_gpus_allocated")), (Some(1.0), Some(1.0)));
+        assert!(
+            text.contains(r#"batchai_http_request_duration_seconds_count{method="PUT",route="jobs",status="202"}"#),
+            "{text}"
+        );
+        let agent = scrape(&agent_metrics).await;
+        assert_eq!(sample(&agent, "batchai_agent_running_jobs"), Some(1.0), "{agent}");
+        let gpu = r#"batchai_agent_gpu_job{gpu_uuid="GPU-00000000-0000-0000-0000-000000000001","#;
+        assert!(agent.lines().any(|l| l.starts_with(gpu) && l.contains("metered") && l.ends_with(" 1")), "{agent}");
+        assert!(agent.contains(r#"batchai_agent_process_start_duration_seconds_count{kind="process"} 1"#), "{agent}");
+
+        std::fs::write(&go, "").unwrap();
+        common::farm::succeeded(&c, &job).await;
+        // The agent counts the job ended when it has reported it; the server counts it at once.
+        let text = scrape(&server_metrics).await;
+        assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="running"}"#), None, "{text}");
+        assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="succeeded"}"#), Some(1.0), "{text}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let agent = scrape(&agent_metrics).await;
+            if sample(&agent, "batchai_agent_running_jobs") == Some(0.0) && !agent.contains("batchai_agent_gpu_job{") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent still counts the job: {agent}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

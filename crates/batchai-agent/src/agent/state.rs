@@ -173,6 +173,18 @@ impl State {
     }
 
     /// Records an executor's report; true when it changes what the agent reports.
+    /// `/metrics`: jobs running here, and which job each GPU in use serves.
+    fn count_running(&self) {
+        let m = &self.node.metrics;
+        m.running_jobs.set(self.tasks.values().filter(|e| e.running()).count() as i64);
+        m.gpu_job.reset();
+        for (job, gpus) in self.gpus.in_use() {
+            for g in gpus {
+                m.gpu_job.with_label_values(&[g.uuid.as_str(), job.as_str()]).set(1);
+            }
+        }
+    }
+
     pub(super) fn on_task_report(&mut self, report: TaskReport) -> bool {
         let key = (report.job.clone(), report.epoch);
         let Some(entry) = self.tasks.get_mut(&key) else { return false };
@@ -198,6 +210,7 @@ impl State {
                 self.forget(key);
             }
         }
+        self.count_running();
         self.urgent = true;
         true
     }
@@ -357,6 +370,7 @@ impl State {
         });
         let entry = TaskEntry { report, stop: Some(stop), handle: Some(handle), listed: true, containers };
         self.tasks.insert(key, entry);
+        self.count_running();
         self.urgent = true;
     }
 

@@ -1,0 +1,223 @@
+//! `/metrics` of the server, in the Prometheus text format (the `prometheus` crate: its text
+//! exposition is what `promtool check metrics` reads), unauthenticated like `/healthz`: counts
+//! and durations only, nothing secret. Label values come from fixed sets — a route class, the
+//! method, the status, an operation kind, a state — never from ids or names a user chose, so
+//! the number of series stays bounded.
+//!
+//! Requests are counted as they are served (a middleware); jobs, nodes and GPUs are read from
+//! the database at scrape time, so every server of a farm reports the same farm-wide values.
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use batchai_core::state::{NodeState, Priority};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::AppState;
+
+/// What the server counts as it goes; farm-wide gauges are filled at scrape time.
+pub struct Metrics {
+    /// Seconds per request, by `route` (class), `method`, `status`.
+    requests: HistogramVec,
+    /// Long-running operations finished, by `kind` and `outcome`.
+    pub operations: IntCounterVec,
+    /// Jobs by `state` and `priority`.
+    jobs: IntGaugeVec,
+    /// Nodes by `state`.
+    nodes: IntGaugeVec,
+    gpus: IntGauge,
+    gpus_allocated: IntGauge,
+    registry: Registry,
+}
+
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(name, help).namespace("batchai");
+        let buckets = prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        Self {
+            requests: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "http_request_duration_seconds",
+                        "HTTP requests served, by route class, method and status",
+                    )
+                    .namespace("batchai")
+                    .buckets(buckets),
+                    &["route", "method", "status"],
+                )
+                .expect("valid"),
+            ),
+            operations: registered(
+                &registry,
+                IntCounterVec::new(
+                    opts("operations_total", "Long-running operations finished, by kind and outcome"),
+                    &["kind", "outcome"],
+                )
+                .expect("valid"),
+            ),
+            jobs: registered(
+                &registry,
+                IntGaugeVec::new(opts("jobs", "Jobs by execution state and priority"), &["state", "priority"])
+                    .expect("valid"),
+            ),
+            nodes: registered(
+                &registry,
+                IntGaugeVec::new(opts("nodes", "Registered nodes by state"), &["state"]).expect("valid"),
+            ),
+            gpus: registered(
+                &registry,
+                IntGauge::with_opts(opts("gpus", "GPUs of all registered nodes")).expect("valid"),
+            ),
+            gpus_allocated: registered(
+                &registry,
+                IntGauge::with_opts(opts("gpus_allocated", "GPUs of nodes running a job")).expect("valid"),
+            ),
+            registry,
+        }
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+/// A fixed name for what a path addresses (the ARM resource kind or the service), so request
+/// series do not grow with resource names.
+fn route_class(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    let segs: Vec<&str> = lower.split('/').filter(|s| !s.is_empty()).collect();
+    let has = |s: &str| segs.contains(&s);
+    match segs.first().copied() {
+        Some("agent") => {
+            return if has("sync") {
+                "agent_sync"
+            } else if has("storage") {
+                "agent_storage"
+            } else {
+                "agent_join"
+            };
+        }
+        Some("files") => return "files_download",
+        Some("healthz" | "readyz" | "metrics") => return "health",
+        Some("adfs") => return "token",
+        _ => {}
+    }
+    if segs.iter().any(|s| s.starts_with("oauth2")) || has(".well-known") {
+        return "token";
+    }
+    if has("operationstatuses") || has("operationresults") {
+        return "operations";
+    }
+    for (seg, class) in [
+        ("jobs", "jobs"),
+        ("experiments", "experiments"),
+        ("clusters", "clusters"),
+        ("fileservers", "fileservers"),
+        ("workspaces", "workspaces"),
+        ("usages", "usages"),
+        ("operations", "operations"),
+        ("resourcegroups", "resourcegroups"),
+        ("providers", "providers"),
+        ("subscriptions", "subscriptions"),
+    ] {
+        if has(seg) {
+            return class;
+        }
+    }
+    "other"
+}
+
+/// Times every request (the middleware of [`crate::router`]).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = route_class(req.uri().path());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route, method.as_str(), status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+fn priority_name(rank: i32) -> &'static str {
+    Priority::ALL.iter().find(|p| p.rank() == rank).map(|p| p.as_str()).unwrap_or("unknown")
+}
+
+async fn scrape(State(state): State<AppState>) -> Response {
+    let m = state.metrics.clone();
+    if let Err(e) = refresh(&state, &m).await {
+        // Served anyway: the counters are still right; the farm gauges keep their last values.
+        tracing::warn!(error = %e, "reading the farm's state for /metrics");
+    }
+    let mut text = Vec::new();
+    if TextEncoder::new().encode(&m.registry.gather(), &mut text).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let mut res = text.into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
+    res
+}
+
+async fn refresh(state: &AppState, m: &Metrics) -> Result<(), batchai_store::StoreError> {
+    let counts = state.store.job_counts().await?;
+    m.jobs.reset();
+    for (job_state, priority, n) in counts {
+        m.jobs.with_label_values(&[job_state.as_str(), priority_name(priority)]).set(n);
+    }
+    let nodes = state.store.list_nodes(None).await?;
+    for &s in NodeState::ALL {
+        let n = nodes.iter().filter(|node| node.state == s).count();
+        m.nodes.with_label_values(&[s.as_str()]).set(n as i64);
+    }
+    m.gpus.set(nodes.iter().map(|n| i64::from(n.gpus.max(0))).sum());
+    m.gpus_allocated.set(nodes.iter().filter(|n| n.job_key.is_some()).map(|n| i64::from(n.gpus.max(0))).sum());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_fall_into_a_few_fixed_classes() {
+        let rg = "/subscriptions/s/resourceGroups/my-rg/providers/Microsoft.BatchAI";
+        assert_eq!(route_class(&format!("{rg}/workspaces/w/experiments/e/jobs/secret-name")), "jobs");
+        assert_eq!(route_class(&format!("{rg}/workspaces/w/clusters/c")), "clusters");
+        assert_eq!(route_class(&format!("{rg}/workspaces/w")), "workspaces");
+        assert_eq!(
+            route_class("/subscriptions/s/providers/Microsoft.BatchAI/locations/eastus/operationstatuses/x"),
+            "operations"
+        );
+        assert_eq!(route_class("/subscriptions/s/resourcegroups/rg"), "resourcegroups");
+        assert_eq!(route_class("/agent/v1/sync"), "agent_sync");
+        assert_eq!(route_class("/adfs/oauth2/token"), "token");
+        assert_eq!(route_class("/tenant/oauth2/v2.0/token"), "token");
+        assert_eq!(route_class("/files/a/b?sig=x"), "files_download");
+        assert_eq!(route_class("/anything/else"), "other");
+    }
+
+    #[test]
+    fn priorities_are_named() {
+        assert_eq!(
+            (priority_name(0), priority_name(1), priority_name(2), priority_name(9)),
+            ("low", "normal", "high", "unknown")
+        );
+    }
+}
