@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 from azure.storage.file import FileService
 
 from conftest import PG_ENV, Backend
@@ -23,7 +24,8 @@ CNTK_IMAGE = "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
 # dev.env's variables; nothing else of ours may leak into the script's environment.
 DEV_ENV_KEYS = {"BATCHAI_URL", "BATCHAI_CA_CERT", "REQUESTS_CA_BUNDLE", "AZURE_SUBSCRIPTION_ID", "AAD_TENANT",
                 "AAD_CLIENT_ID", "AAD_SECRET", "BATCHAI_AAD_AUTHORITY", "BATCHAI_TOKEN",
-                "AZURE_STORAGE_CONNECTION_STRING", "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "BATCHAI_FILES_URL"}
+                "AZURE_STORAGE_CONNECTION_STRING", "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "BATCHAI_FILES_URL",
+                "BATCHAI_METRICS_URL"}
 
 
 def run_quickstart(dev, cwd):
@@ -69,6 +71,10 @@ def test_quickstart_trains_on_sqlite_with_host_processes(dev_factory, tmp_path):
     cp, out = run_quickstart(dev, tmp_path)
     log = check_trained(dev, tmp_path, cp, out)
     assert f"image {CNTK_IMAGE} runs on the host" in log, log
+    # dev.env points Prometheus (or a curious user) at the server's metrics.
+    metrics = requests.get(dev.dev_env["BATCHAI_METRICS_URL"], verify=dev.ca_cert, timeout=30)
+    assert metrics.status_code == 200, metrics.text
+    assert 'batchai_jobs{priority="normal",state="succeeded"} 1' in metrics.text, metrics.text
 
 
 def test_quickstart_trains_in_docker_on_postgres(dev_factory, tmp_path):

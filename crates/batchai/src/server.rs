@@ -2,6 +2,8 @@
 //! scheduler and the agent-protocol change watcher, prints where clients connect, and shuts
 //! down gracefully on SIGTERM or Ctrl-C. `dev` also runs one local agent in the process.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +19,7 @@ use crate::tls;
 pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     if dev && cfg.http_listen.is_none() {
         // The in-process agent talks plain HTTP over loopback.
-        cfg.http_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.http_listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&cfg.data_dir)?;
@@ -29,8 +31,8 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     // Absolute, so links and listings do not depend on the working directory.
     settings.storage_root = std::fs::canonicalize(&settings.storage_root)?;
     // Storage accounts: checked on cluster and job mounts, served by the Files endpoint.
-    let accounts = std::sync::Arc::new(crate::admin::accounts(&cfg, store.clone(), true)?);
-    let state = AppState::new(store, settings).await?.with_share_keys(std::sync::Arc::new(ShareKeys(accounts.clone())));
+    let accounts = Arc::new(crate::admin::accounts(&cfg, store.clone(), true)?);
+    let state = AppState::new(store, settings).await?.with_share_keys(Arc::new(ShareKeys(accounts.clone())));
 
     let tls = tls::ensure(&data_dir, cfg.tls_cert.as_deref(), cfg.tls_key.as_deref())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -71,7 +73,7 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
                 .await
         }));
     }
-    let files_addr = cfg.files_listen.or(dev.then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+    let files_addr = cfg.files_listen.or(dev.then(|| SocketAddr::from(([127, 0, 0, 1], 0))));
     let files = match files_addr {
         Some(addr) => Some(start_files(&state, accounts.clone(), addr, rustls_config.clone()).await?),
         None => None,
@@ -107,11 +109,11 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     let files_url = files.as_ref().map(|f| f.url.clone());
     let agent = match (dev, &http_url) {
         (true, Some(url)) => {
-            let storage = match &files {
-                Some(f) => Some(dev_storage_env(f).await?),
-                None => None,
-            };
-            Some(start_dev_agent(&state, &cfg, &data_dir, url, storage, stop_rx.clone()).await?)
+            let mut env = format!("export BATCHAI_METRICS_URL={https_url}/metrics\n");
+            if let Some(f) = &files {
+                env.push_str(&dev_storage_env(f).await?);
+            }
+            Some(start_dev_agent(&state, &cfg, &data_dir, url, env, stop_rx.clone()).await?)
         }
         _ => None,
     };
@@ -143,7 +145,7 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
 }
 
 /// The Files endpoint's accounts, as the API checks mounts' keys against them.
-struct ShareKeys(std::sync::Arc<batchai_files::Accounts>);
+struct ShareKeys(Arc<batchai_files::Accounts>);
 
 impl batchai_api::ShareKeys for ShareKeys {
     fn key<'a>(&'a self, account: &'a str) -> futures_util::future::BoxFuture<'a, Result<Option<Vec<u8>>, String>> {
@@ -154,8 +156,8 @@ impl batchai_api::ShareKeys for ShareKeys {
 /// The running Azure Files endpoint.
 struct FilesEndpoint {
     url: String,
-    accounts: std::sync::Arc<batchai_files::Accounts>,
-    handle: axum_server::Handle<std::net::SocketAddr>,
+    accounts: Arc<batchai_files::Accounts>,
+    handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -163,8 +165,8 @@ struct FilesEndpoint {
 /// certificate elsewhere (SharedKey signs requests but does not hide the data).
 async fn start_files(
     state: &AppState,
-    accounts: std::sync::Arc<batchai_files::Accounts>,
-    addr: std::net::SocketAddr,
+    accounts: Arc<batchai_files::Accounts>,
+    addr: SocketAddr,
     tls: axum_server::tls_rustls::RustlsConfig,
 ) -> anyhow::Result<FilesEndpoint> {
     let shares = batchai_files::Shares::open(&state.settings.storage_root)
@@ -172,10 +174,10 @@ async fn start_files(
     let https = !addr.ip().is_loopback();
     let app = batchai_files::router(batchai_files::FilesState {
         accounts: accounts.clone(),
-        shares: std::sync::Arc::new(shares),
+        shares: Arc::new(shares),
         https,
     })
-    .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    .into_make_service_with_connect_info::<SocketAddr>();
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding the Files endpoint {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
@@ -215,7 +217,7 @@ async fn start_dev_agent(
     cfg: &Config,
     data_dir: &std::path::Path,
     http_url: &str,
-    storage_env: Option<String>,
+    extra_env: String,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let agent_dir = data_dir.join("agent");
@@ -244,7 +246,7 @@ async fn start_dev_agent(
     let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.env"))
         .context("reading bootstrap.env (the dev data dir was not created by `batchai dev`?)")?;
     let path = data_dir.join("dev.env");
-    write_private(&path, &(bootstrap + &storage_env.unwrap_or_default()))?;
+    write_private(&path, &(bootstrap + &extra_env))?;
     println!(
         "batchai dev: a local agent serves every VM size; {runs}; job files live in {}",
         cfg.storage_root().display()
