@@ -11,6 +11,11 @@
 #   both                the ExecStart= and container command lines, with `--help`, against the
 #                       batchai binary ($BATCHAI_BIN, else $CARGO_TARGET_DIR/debug/batchai) when
 #                       one is built
+#   deploy/prometheus/  promtool check config of the scrape configs (their rule files must
+#                       resolve), promtool check rules and promtool test rules of the alerts;
+#                       the jobs they scrape and the metrics the rules query (check_deploy.py)
+#   deploy/grafana/     the dashboards' structure, their queries' metrics (check_deploy.py) and
+#                       syntax (promtool check rules), and promtool test rules of their tests
 #
 #   scripts/check-deploy.sh               check the files; exits 1 on any problem
 #   scripts/check-deploy.sh --self-test   also break copies of them in known ways, and fail
@@ -20,7 +25,8 @@
 # as root, and a venv with scripts/check-deploy-requirements.txt at
 # ${BATCHAI_DEPLOY_VENV:-/var/tmp/batchai-deploy-venv} (reinstalled only when that file changes).
 # Without systemd-analyze and without root, the systemd checks are skipped with a message, except
-# under CI=true, where that is an error.
+# under CI=true, where that is an error. Likewise promtool (Debian's prometheus package) for the
+# promtool checks of deploy/prometheus/ and deploy/grafana/.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 K8S_VERSIONS="1.25.0 1.37.0"
@@ -55,6 +61,39 @@ if ! command -v systemd-analyze >/dev/null || ! command -v systemd-sysusers >/de
     else
         log "SKIPPING the systemd checks: systemd-analyze is missing (apt-get install systemd as root)"
         have_systemd=0
+    fi
+fi
+
+have_promtool=1
+if ! command -v promtool >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing prometheus (for promtool)"
+        if ! { apt-get update -qq &&
+               DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >"$scratch/apt-prometheus.log" 2>&1; then
+            tail -20 "$scratch/apt-prometheus.log" >&2
+            log "installing prometheus failed"
+            exit 1
+        fi
+        if ! command -v promtool >/dev/null; then
+            log "promtool still missing after installing prometheus"
+            exit 1
+        fi
+    elif [[ ${CI:-} == true ]]; then
+        log "promtool is missing and cannot be installed without root"
+        exit 1
+    else
+        log "SKIPPING the promtool checks: promtool is missing (apt-get install prometheus as root)"
+        have_promtool=0
+    fi
+fi
+# Debian builds Prometheus without Kubernetes service discovery: its promtool refuses
+# kubernetes_sd_configs. Then check_deploy.py checks those blocks itself and hands promtool
+# copies of the configs without them.
+promtool_sd_flag=
+if [[ $have_promtool == 1 ]]; then
+    printf 'scrape_configs:\n  - job_name: probe\n    kubernetes_sd_configs: [{role: pod}]\n' >"$scratch/sd-probe.yml"
+    if ! promtool check config "$scratch/sd-probe.yml" >/dev/null 2>&1; then
+        promtool_sd_flag=--without-kubernetes-sd
     fi
 fi
 
@@ -156,8 +195,58 @@ check_systemd() { # DIR
     return $ok
 }
 
-check_all() { # SYSTEMD_DIR KUBERNETES_DIR
-    local sd=$1 k8s=$2 ok=0
+# Runs promtool with ARGS; prints ok, or FAILED with what promtool said.
+promtool_step() { # WHAT ARGS...
+    local what=$1 out rc=0
+    shift
+    out=$(promtool "$@" 2>&1) || rc=$?
+    if [[ $rc -eq 0 ]]; then
+        echo "ok: $what"
+        return 0
+    fi
+    echo "FAILED: $what (exit status $rc)"
+    # Without promtool's progress lines, so that the complaint comes first, and once.
+    grep -v '^ *$\|^ *SUCCESS\|^ *FAILED:$\|^Checking \|^Unit Testing: ' <<<"$out" | uniq | head -30 | sed 's/^/    /'
+    return 1
+}
+
+check_monitoring() { # PROMETHEUS_DIR GRAFANA_DIR
+    local prom=$1 graf=$2 ok=0 out f
+    out=$(mktemp -d "$scratch/monitoring.XXXXXX")
+    # shellcheck disable=SC2086 # an optional flag
+    "$py" "$repo/scripts/check_deploy.py" monitoring "$prom" "$graf" "$out" $promtool_sd_flag || ok=1
+    if [[ $have_promtool == 0 ]]; then
+        echo "skipped: promtool checks of $prom and $graf (no promtool)"
+        return $ok
+    fi
+    local configs=() rules=() tests=()
+    for f in "$prom"/*.yml; do
+        case ${f##*/} in
+            prometheus*.yml)
+                # The copy without kubernetes_sd_configs when check_deploy.py wrote one.
+                if [[ -n $promtool_sd_flag && -f $out/${f##*/} ]]; then
+                    configs+=("$out/${f##*/}")
+                else
+                    configs+=("$f")
+                fi
+                ;;
+            *_test.yml) tests+=("$f") ;;
+            *) rules+=("$f") ;;
+        esac
+    done
+    for f in "$graf"/*.test.yml; do [[ -e $f ]] && tests+=("$f"); done
+    promtool_step "promtool check config ${configs[*]##*/}${promtool_sd_flag:+ (kubernetes_sd_configs left out)}" \
+        check config "${configs[@]}" || ok=1
+    promtool_step "promtool check rules ${rules[*]##*/}" check rules --lint=all --lint-fatal "${rules[@]}" || ok=1
+    promtool_step "promtool test rules ${tests[*]##*/}" test rules "${tests[@]}" || ok=1
+    if [[ -f $out/dashboard-rules.yml ]]; then
+        promtool_step "promtool check rules: the queries of ${graf##*/}/*.json" check rules "$out/dashboard-rules.yml" || ok=1
+    fi
+    return $ok
+}
+
+check_all() { # DEPLOY_DIR
+    local sd=$1/systemd k8s=$1/kubernetes ok=0
     if [[ $have_systemd == 1 ]]; then
         check_systemd "$sd" || ok=1
     fi
@@ -170,12 +259,14 @@ check_all() { # SYSTEMD_DIR KUBERNETES_DIR
     else
         echo "skipped: command lines (no batchai binary; set BATCHAI_BIN)"
     fi
+    check_monitoring "$1/prometheus" "$1/grafana" || ok=1
     return $ok
 }
 
 # --- self-test ---------------------------------------------------------------------------------
 
 # Each case breaks a fresh copy of deploy/ with a sed script on one file; the check must fail.
+# A fourth field names a tool the case needs (skipped without it).
 self_test() {
     local cases=(
         "systemd/batchai-server.service|s/^ProtectSystem=strict/ProtectSytem=strict/|a misspelt setting"
@@ -192,18 +283,35 @@ self_test() {
         "kubernetes/server.yaml|s/^    storage_root = /    storage_rot = /|an unknown key in a ConfigMap's TOML"
         "kubernetes/storage.yaml|s/^  storageClassName: \"\"/  storageClassName: \"\"\n  storageClassName: nfs/|a duplicate key"
         "kubernetes/agent.yaml|s/^      runtimeClassName: nvidia/      runtimeClassName: nvidia-typo/|an undefined RuntimeClass"
+        "prometheus/alerts.yml|s/expr: up{job=\"batchai-agent\"} == 0/expr: up{job=\"batchai-agent\"} == = 0/|a broken rule expression|promtool"
+        "prometheus/alerts.yml|s/^        for: 15m/        for: 5m/|a rule changed without its tests (a failing rule test)|promtool"
+        "prometheus/alerts_test.yml|s/summary: 2 batchai node(s) unusable/summary: 4 batchai node(s) unusable/|a rule test that expects the wrong alert|promtool"
+        "prometheus/alerts.yml|s/batchai_agent_sync_failures_total/batchai_agent_sync_failure_total/|a rule querying an unknown metric"
+        "prometheus/prometheus.yml|s/^  - alerts.yml/  - alert.yml/|a rule file that does not exist|promtool"
+        "prometheus/prometheus-kubernetes.yml|s/^      - role: pod/      - role: pods/|an unknown Kubernetes discovery role|promtool"
+        "prometheus/prometheus.yml|s/job_name: batchai-agent/job_name: batchai-agents/|a scrape job the rules do not select"
+        "grafana/batchai-farm.json|s/max by (state) (batchai_nodes{/max by (state) (batchai_node{/|a dashboard query of an unknown metric"
+        "grafana/batchai-farm.json|s/histogram_quantile(0.9, /histogram_quantile(0.9 /|a dashboard query that does not parse|promtool"
+        "grafana/batchai-farm.json|s/\"id\": 12,/\"id\": 11,/|two panels with one id"
+        "grafana/batchai-farm.json|s/\"uid\": \"\${datasource}\"/\"uid\": \"P1809F7CD0C75ACF3\"/|a data source of one installation"
+        "grafana/batchai-farm.json|s/avg by (exported_job) (DCGM/max by (exported_job) (DCGM/|a panel changed without its test"
+        "grafana/batchai-farm.json|1s/^{/{,/|invalid JSON"
+        "grafana/batchai-farm.test.yml|s/value: 0.75/value: 0.5/|a dashboard test that fails|promtool"
     )
     [[ -n $bin ]] && cases+=("systemd/batchai-agent.service|s/ agent$/ agent --storage-rot \/mnt/|a flag the binary refuses")
-    local failed=0 spec file script what n=0
+    local failed=0 spec file script what needs n=0
     for spec in "${cases[@]}"; do
-        IFS='|' read -r file script what <<<"$spec"
+        IFS='|' read -r file script what needs <<<"$spec"
         if [[ $have_systemd == 0 && ($file == *.service || $file == *sysusers*) ]]; then
+            continue
+        fi
+        if [[ $have_promtool == 0 && $needs == promtool ]]; then
             continue
         fi
         n=$((n + 1))
         local copy=$scratch/case$n
         mkdir -p "$copy"
-        cp -a "$repo/deploy/systemd" "$repo/deploy/kubernetes" "$copy/"
+        cp -a "$repo/deploy/systemd" "$repo/deploy/kubernetes" "$repo/deploy/prometheus" "$repo/deploy/grafana" "$copy/"
         sed -i -e "$script" "$copy/$file"
         if cmp -s "$repo/deploy/$file" "$copy/$file"; then
             echo "self-test FAILED: case '$what' did not change deploy/$file (stale sed script)"
@@ -211,7 +319,7 @@ self_test() {
             continue
         fi
         local out
-        if out=$(check_all "$copy/systemd" "$copy/kubernetes" 2>&1); then
+        if out=$(check_all "$copy" 2>&1); then
             echo "self-test FAILED: $what in deploy/$file was not caught"
             failed=1
         else
@@ -224,7 +332,7 @@ self_test() {
 
 cd "$repo"
 status=0
-check_all deploy/systemd deploy/kubernetes || status=1
+check_all deploy || status=1
 if [[ $status == 0 && ${1:-} == --self-test ]]; then
     self_test || status=1
 fi

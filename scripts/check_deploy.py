@@ -3,6 +3,8 @@
   python scripts/check_deploy.py kubernetes DIR VERSION...   the manifests in DIR
   python scripts/check_deploy.py config FILE...              TOML configs and env files
   python scripts/check_deploy.py commands BIN UNIT... DIR    command lines, against a binary
+  python scripts/check_deploy.py monitoring PROMETHEUS_DIR GRAFANA_DIR OUT [--without-kubernetes-sd]
+                                                            rules, scrape configs, dashboards
 
 kubernetes: every document of every *.yaml in DIR is validated against the Kubernetes JSON
 schemas that the pinned kubernetes-validate package ships (strict: unknown fields are errors;
@@ -19,6 +21,24 @@ silently, so a typo would otherwise go unnoticed.
 commands: every ExecStart= of the units and every container command of the manifests in DIR
 is run with the batchai binary BIN and `--help` appended, which must succeed: the subcommand
 and flags exist (clap checks them before --help prints anything; nothing else runs).
+
+monitoring: deploy/prometheus/ and deploy/grafana/ (promtool itself is run by
+scripts/check-deploy.sh, on what this writes into OUT):
+  - every PromQL expression of the rule files, the dashboards' targets and query variables and
+    the rule tests queries only metrics of KNOWN_METRICS (below), `up`, or what the rule files
+    record; the batchai ones must be named in the metrics.rs that exposes them;
+  - each Prometheus config (prometheus*.yml) scrapes the jobs batchai-server and batchai-agent
+    that the rules and dashboards select;
+  - each dashboard (*.json) is valid JSON with a title, uid and schemaVersion, a `datasource`
+    variable of type datasource that every panel and target uses (no data source of one
+    installation), unique panel ids, panels on the 24-column grid without overlaps, targets
+    with an expression and unique refIds, and only defined $variables; its expressions, with
+    the variables replaced, go into OUT/dashboard-rules.yml for `promtool check rules`;
+  - every expression of a dashboard test (*.test.yml beside the dashboards, `promtool test
+    rules`) is one of the dashboards' expressions (so the tests test what the panels show);
+  - with --without-kubernetes-sd (a promtool built without Kubernetes discovery, as Debian's
+    is): the kubernetes_sd_configs blocks are checked here (roles, keys), and copies of the
+    configs with those blocks replaced by empty static_configs go into OUT for promtool.
 
 Prints one line per problem and exits 1 when there is any.
 """
@@ -291,10 +311,370 @@ def check_commands(binary, units, directory):
     return count
 
 
+# --- Prometheus and Grafana ---------------------------------------------------------------
+
+# The metrics the rules and dashboards may query, and nothing else: what /metrics of the server
+# (crates/batchai-api/src/metrics.rs) and of the agent (crates/batchai-agent/src/metrics.rs)
+# expose, Prometheus' own `up`, and the series of NVIDIA's DCGM exporter that the dashboard's GPU
+# panels join with batchai_agent_gpu_job. Name: (type, source). A histogram is queried as
+# NAME_bucket, NAME_sum and NAME_count. The server's and agent's names must appear (without
+# their namespace, as registered) in their metrics.rs, so that a renamed metric fails here.
+KNOWN_METRICS = {
+    "batchai_http_request_duration_seconds": ("histogram", "server"),
+    "batchai_operations_total": ("counter", "server"),
+    "batchai_jobs": ("gauge", "server"),
+    "batchai_nodes": ("gauge", "server"),
+    "batchai_gpus": ("gauge", "server"),
+    "batchai_gpus_allocated": ("gauge", "server"),
+    "batchai_agent_running_jobs": ("gauge", "agent"),
+    "batchai_agent_sync_failures_total": ("counter", "agent"),
+    "batchai_agent_gpus": ("gauge", "agent"),
+    "batchai_agent_process_start_duration_seconds": ("histogram", "agent"),
+    "batchai_agent_gpu_job": ("gauge", "agent"),
+    "up": ("gauge", "prometheus"),
+    "DCGM_FI_DEV_GPU_UTIL": ("gauge", "dcgm"),
+    "DCGM_FI_DEV_FB_USED": ("gauge", "dcgm"),
+}
+METRICS_RS = {
+    "server": ("batchai_", os.path.join(ROOT, "crates", "batchai-api", "src", "metrics.rs")),
+    "agent": ("batchai_agent_", os.path.join(ROOT, "crates", "batchai-agent", "src", "metrics.rs")),
+}
+# The scrape jobs the rules and the dashboard select on.
+SCRAPE_JOBS = ("batchai-server", "batchai-agent")
+
+PROMQL_AGGREGATIONS = {
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values", "bottomk",
+    "topk", "quantile",
+}
+PROMQL_FUNCTIONS = {
+    "abs", "absent", "absent_over_time", "acos", "acosh", "asin", "asinh", "atan", "atanh",
+    "avg_over_time", "ceil", "changes", "clamp", "clamp_max", "clamp_min", "cos", "cosh",
+    "count_over_time", "days_in_month", "day_of_month", "day_of_week", "day_of_year", "deg",
+    "delta", "deriv", "exp", "floor", "histogram_quantile", "holt_winters", "hour", "idelta",
+    "increase", "irate", "label_join", "label_replace", "last_over_time", "ln", "log10", "log2",
+    "max_over_time", "min_over_time", "minute", "month", "pi", "predict_linear",
+    "present_over_time", "quantile_over_time", "rad", "rate", "resets", "round", "scalar", "sgn",
+    "sin", "sinh", "sort", "sort_desc", "sqrt", "stddev_over_time", "stdvar_over_time",
+    "sum_over_time", "tan", "tanh", "time", "timestamp", "vector", "year", "start", "end",
+}
+PROMQL_KEYWORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+    "offset", "inf", "nan",
+}
+# Grafana's interval variables, and what they become for promtool.
+GRAFANA_DURATIONS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h"}
+GRAFANA_VARIABLE = re.compile(r"\$([A-Za-z_]\w*)|\$\{(\w+)(?::\w+)?\}|\[\[(\w+)(?::\w+)?\]\]")
+
+
+def known_metric_names():
+    """Every series name KNOWN_METRICS allows; problems where metrics.rs lost one."""
+    names = set()
+    sources = {}
+    for name, (kind, source) in KNOWN_METRICS.items():
+        if kind == "histogram":
+            # Its series; the bare name is none.
+            names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(name)
+        if source in METRICS_RS:
+            prefix, path = METRICS_RS[source]
+            if path not in sources:
+                with open(path) as f:
+                    sources[path] = f.read()
+            if not name.startswith(prefix) or f'"{name[len(prefix):]}"' not in sources[path]:
+                problem(f"KNOWN_METRICS of {os.path.relpath(__file__, ROOT)}",
+                        f"{name} is not registered in {os.path.relpath(path, ROOT)}")
+    return names
+
+
+def promql_names(expr):
+    """(metric names, problems) of a PromQL expression, without a full parser: strings, label
+    matchers, ranges and grouping labels are removed; what remains of the identifiers are
+    functions (before a parenthesis), aggregations, keywords and metric names. The syntax itself
+    is promtool's to check."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    text = re.sub(r"#[^\n]*", "", text)
+    troubles = []
+    if "__name__" in text:
+        troubles.append("selects by __name__, which this check cannot follow")
+    text = re.sub(r"\{[^{}]*\}", " ", text)
+    text = re.sub(r"\[[^\[\]]*\]", " ", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", r" \1 ", text)
+    text = re.sub(r"\boffset\s+-?[\w$]+", " ", text)
+    names = set()
+    for m in re.finditer(r"(?<![\w.:$])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        word, call = m.group(1), m.group(2)
+        if word.lower() in PROMQL_KEYWORDS or word in PROMQL_AGGREGATIONS:
+            continue
+        if call:
+            if word not in PROMQL_FUNCTIONS:
+                troubles.append(f"unknown function {word}()")
+            continue
+        names.add(word)
+    return names, troubles
+
+
+def check_expr(where, expr, allowed):
+    names, troubles = promql_names(expr)
+    for t in troubles:
+        problem(where, t)
+    for name in sorted(names - allowed):
+        problem(where, f"queries {name}, which is not a known metric (KNOWN_METRICS of "
+                       f"{os.path.relpath(__file__, ROOT)}) nor recorded by the rules")
+
+
+def load_yaml(path):
+    import yaml
+
+    with open(path) as f:
+        try:
+            return yaml.load(f, Loader=strict_loader())
+        except yaml.YAMLError as e:
+            problem(path, "not valid YAML: " + " ".join(str(e).split()))
+            return None
+
+
+KUBERNETES_SD_ROLES = {"node", "service", "pod", "endpoints", "endpointslice", "ingress"}
+KUBERNETES_SD_KEYS = {
+    "role", "namespaces", "selectors", "api_server", "kubeconfig_file", "attach_metadata",
+    "basic_auth", "authorization", "oauth2", "bearer_token", "bearer_token_file", "tls_config",
+    "proxy_url", "no_proxy", "proxy_from_environment", "proxy_connect_header",
+    "follow_redirects", "enable_http2",
+}
+
+
+def check_kubernetes_sd(where, blocks):
+    if not isinstance(blocks, list):
+        problem(where, "kubernetes_sd_configs is not a list")
+        return
+    for i, sd in enumerate(blocks):
+        w = f"{where} kubernetes_sd_configs[{i}]"
+        if not isinstance(sd, dict):
+            problem(w, "not a mapping")
+            continue
+        for key in sorted(set(sd) - KUBERNETES_SD_KEYS):
+            problem(w, f"unknown field {key!r}")
+        if sd.get("role") not in KUBERNETES_SD_ROLES:
+            problem(w, f"role {sd.get('role')!r} is not one of {sorted(KUBERNETES_SD_ROLES)}")
+        ns = sd.get("namespaces", {})
+        if not isinstance(ns, dict) or set(ns) - {"names", "own_namespace"} or not isinstance(ns.get("names", []), list):
+            problem(w, "namespaces takes names (a list) and own_namespace")
+
+
+def check_prometheus(directory, out, without_kubernetes_sd):
+    """The rule files' expressions and the configs' scrape jobs; returns the recorded names.
+    Writes promtool-ready copies of the configs into OUT when asked to."""
+    import yaml
+
+    files = sorted(f for f in os.listdir(directory) if f.endswith((".yml", ".yaml")))
+    configs = [f for f in files if f.startswith("prometheus")]
+    tests = [f for f in files if f.endswith(("_test.yml", "_test.yaml"))]
+    rule_files = [f for f in files if f not in configs and f not in tests]
+    if not configs or not rule_files:
+        problem(directory, "expected prometheus*.yml configs and rule files")
+    recorded, exprs = set(), []
+    for name in rule_files:
+        path = os.path.join(directory, name)
+        doc = load_yaml(path)
+        if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):
+            problem(path, "not a rule file (groups:)")
+            continue
+        for group in doc["groups"]:
+            for i, rule in enumerate((group or {}).get("rules") or []):
+                what = rule.get("alert") or rule.get("record") or f"rule {i}"
+                if "record" in rule:
+                    recorded.add(rule["record"])
+                exprs.append((f"{path} {group.get('name')}/{what}", str(rule.get("expr", ""))))
+                # Queries in the annotations' templates: {{ query `...` }} or {{ query "..." }}.
+                for text in (rule.get("annotations") or {}).values():
+                    for m in re.finditer(r'\bquery\s+(?:`([^`]*)`|"((?:[^"\\]|\\.)*)")', str(text)):
+                        exprs.append((f"{path} {group.get('name')}/{what} annotation", m.group(1) or m.group(2)))
+    for name in tests:
+        path = os.path.join(directory, name)
+        doc = load_yaml(path)
+        for t, test in enumerate((doc or {}).get("tests") or []):
+            for e in test.get("promql_expr_test") or []:
+                exprs.append((f"{path} tests[{t}] promql_expr_test", str(e.get("expr", ""))))
+    allowed = known_metric_names() | recorded
+    for where, expr in exprs:
+        check_expr(where, expr, allowed)
+    for name in configs:
+        path = os.path.join(directory, name)
+        doc = load_yaml(path)
+        if not isinstance(doc, dict):
+            problem(path, "not a Prometheus configuration")
+            continue
+        jobs = [s.get("job_name") for s in doc.get("scrape_configs") or [] if isinstance(s, dict)]
+        for job in SCRAPE_JOBS:
+            if job not in jobs:
+                problem(path, f"no scrape job {job!r}: the rules and the dashboard select on it")
+        if not without_kubernetes_sd:
+            continue
+        for scrape in doc.get("scrape_configs") or []:
+            if isinstance(scrape, dict) and "kubernetes_sd_configs" in scrape:
+                check_kubernetes_sd(f"{path} job {scrape.get('job_name')}", scrape.pop("kubernetes_sd_configs"))
+                scrape.setdefault("static_configs", [])
+        doc["rule_files"] = [f if os.path.isabs(f) else os.path.join(os.path.abspath(directory), f)
+                             for f in doc.get("rule_files") or []]
+        with open(os.path.join(out, name), "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+    return allowed, len(exprs)
+
+
+def grafana_substitute(expr, variables):
+    """expr with Grafana's variables replaced by what a query would see: durations for the
+    interval variables, the `all` value (else .*) for the dashboard's own."""
+    def value(m):
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in GRAFANA_DURATIONS:
+            return GRAFANA_DURATIONS[name]
+        return variables.get(name, m.group(0))
+    return GRAFANA_VARIABLE.sub(value, expr)
+
+
+def all_panels(panels):
+    for p in panels:
+        yield p
+        yield from all_panels(p.get("panels") or [])
+
+
+def check_dashboard(path, allowed, rules):
+    """Structure and queries of one dashboard; appends (name, expr) for promtool to RULES and
+    returns its expressions as promtool sees them."""
+    import json
+
+    try:
+        with open(path) as f:
+            dash = json.load(f)
+    except (OSError, ValueError) as e:
+        problem(path, f"not valid JSON: {e}")
+        return set()
+    if not isinstance(dash, dict):
+        problem(path, "not a dashboard (a JSON object)")
+        return set()
+    for key in ("title", "uid"):
+        if not isinstance(dash.get(key), str) or not dash[key]:
+            problem(path, f"no {key}")
+    if not isinstance(dash.get("schemaVersion"), int) or dash["schemaVersion"] < 36:
+        problem(path, f"schemaVersion {dash.get('schemaVersion')!r}: expected 36 or newer")
+    variables = {}
+    builtins = set(GRAFANA_DURATIONS) | {"__range_s", "__range_ms", "__interval_ms", "__dashboard", "__from", "__to"}
+    templates = (dash.get("templating") or {}).get("list") or []
+    ds_vars = [v for v in templates if v.get("type") == "datasource" and v.get("query") == "prometheus"]
+    if [v.get("name") for v in ds_vars] != ["datasource"]:
+        problem(path, "needs one template variable `datasource` of type datasource, query prometheus")
+    wanted_ds = {"type": "prometheus", "uid": "${datasource}"}
+    for v in templates:
+        variables[v.get("name")] = v.get("allValue") or ".*"
+    exprs = set()
+
+    def add(where, rule_name, expr, labels):
+        if not isinstance(expr, str) or not expr.strip():
+            problem(where, "no expression")
+            return
+        for m in GRAFANA_VARIABLE.finditer(expr):
+            name = m.group(1) or m.group(2) or m.group(3)
+            if name not in variables and name not in builtins:
+                problem(where, f"uses ${name}, which the dashboard does not define")
+        promql = grafana_substitute(expr, variables)
+        check_expr(where, promql, allowed)
+        exprs.add(" ".join(promql.split()))
+        rules.append({"record": rule_name, "expr": promql, "labels": labels})
+
+    for v in templates:
+        if v.get("type") != "query":
+            continue
+        where = f"{path} variable {v.get('name')}"
+        if v.get("datasource") != wanted_ds:
+            problem(where, f"data source {v.get('datasource')!r}: use {wanted_ds}")
+        query = v.get("query")
+        query = query.get("query") if isinstance(query, dict) else query
+        m = re.fullmatch(r"\s*(label_values|query_result)\((.*?)(?:,\s*\w+)?\)\s*", query or "", re.S)
+        if m and m.group(2).strip() and not (m.group(1) == "label_values" and re.fullmatch(r"\w+", m.group(2).strip())):
+            add(where, f"dashboard:variable_{v.get('name')}", m.group(2), {"variable": str(v.get("name"))})
+        elif not m:
+            problem(where, f"query {query!r}: expected label_values(...) or query_result(...)")
+
+    ids, boxes = set(), []
+    for p in all_panels(dash.get("panels") or []):
+        pid = p.get("id")
+        where = f"{path} panel {pid} {p.get('title')!r}"
+        if not isinstance(pid, int):
+            problem(where, "no integer id")
+        elif pid in ids:
+            problem(where, f"id {pid} is used by another panel")
+        ids.add(pid)
+        grid = p.get("gridPos") or {}
+        if (not all(isinstance(grid.get(k), int) for k in ("h", "w", "x", "y"))
+                or grid["x"] < 0 or grid["w"] < 1 or grid["x"] + grid["w"] > 24):
+            problem(where, f"gridPos {grid} is not on the 24-column grid")
+        elif p in (dash.get("panels") or []):
+            for other, box in boxes:
+                if (grid["x"] < box["x"] + box["w"] and box["x"] < grid["x"] + grid["w"]
+                        and grid["y"] < box["y"] + box["h"] and box["y"] < grid["y"] + grid["h"]):
+                    problem(where, f"overlaps panel {other}")
+            boxes.append((pid, grid))
+        if p.get("type") == "row":
+            continue
+        if not p.get("title"):
+            problem(where, "no title")
+        if p.get("datasource") != wanted_ds:
+            problem(where, f"data source {p.get('datasource')!r}: use {wanted_ds}")
+        targets = p.get("targets") or []
+        if not targets:
+            problem(where, "no targets")
+        refs = [t.get("refId") for t in targets]
+        if len(set(refs)) != len(refs) or None in refs:
+            problem(where, f"refIds {refs} are not unique")
+        for t in targets:
+            tw = f"{where} target {t.get('refId')}"
+            if t.get("datasource") != wanted_ds:
+                problem(tw, f"data source {t.get('datasource')!r}: use {wanted_ds}")
+            add(tw, f"dashboard:panel_{pid}_{t.get('refId')}", t.get("expr"), {"panel": str(p.get("title"))})
+    return exprs
+
+
+def check_grafana(directory, allowed, out):
+    import yaml
+
+    rules, exprs = [], set()
+    dashboards = sorted(f for f in os.listdir(directory) if f.endswith(".json"))
+    if not dashboards:
+        problem(directory, "no dashboards")
+    for name in dashboards:
+        exprs |= check_dashboard(os.path.join(directory, name), allowed, rules)
+    with open(os.path.join(out, "dashboard-rules.yml"), "w") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f, sort_keys=False)
+    tested = 0
+    for name in sorted(f for f in os.listdir(directory) if f.endswith((".test.yml", ".test.yaml"))):
+        path = os.path.join(directory, name)
+        for t, test in enumerate((load_yaml(path) or {}).get("tests") or []):
+            for e in test.get("promql_expr_test") or []:
+                tested += 1
+                expr = str(e.get("expr", ""))
+                where = f"{path} tests[{t}]"
+                check_expr(where, expr, allowed)
+                if " ".join(expr.split()) not in exprs:
+                    problem(where, f"tests an expression no dashboard has (stale after a panel changed?): {expr}")
+    return len(dashboards), len(rules), tested
+
+
+def check_monitoring(prometheus_dir, grafana_dir, out, without_kubernetes_sd):
+    allowed, n_rules = check_prometheus(prometheus_dir, out, without_kubernetes_sd)
+    n_dash, n_exprs, n_tested = check_grafana(grafana_dir, allowed, out)
+    return (f"{n_rules} rule and test expressions, {n_dash} dashboard(s) with {n_exprs} queries "
+            f"({n_tested} tested), known metrics only")
+
+
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("kubernetes", "config", "commands"):
+    if len(argv) < 3 or argv[1] not in ("kubernetes", "config", "commands", "monitoring"):
         sys.exit(__doc__)
-    if argv[1] == "commands":
+    if argv[1] == "monitoring":
+        args = [a for a in argv[2:] if a != "--without-kubernetes-sd"]
+        if len(args) != 3:
+            sys.exit(__doc__)
+        summary = check_monitoring(*args, "--without-kubernetes-sd" in argv)
+    elif argv[1] == "commands":
         if len(argv) < 5:
             sys.exit(__doc__)
         n = check_commands(argv[2], argv[3:-1], argv[-1])

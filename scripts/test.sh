@@ -39,10 +39,11 @@ step "cargo build"
 cargo build --workspace --locked
 export BATCHAI_BIN="$CARGO_TARGET_DIR/debug/batchai"
 
-# deploy/systemd and deploy/kubernetes, offline (systemd-analyze, Kubernetes schemas; the
-# command lines against the binary just built), and that the checks catch known breakages.
-# Without systemd-analyze and root it skips the systemd part, except under CI.
-step "deploy files (systemd, Kubernetes)"
+# deploy/systemd, deploy/kubernetes, deploy/prometheus and deploy/grafana, offline
+# (systemd-analyze, Kubernetes schemas, promtool; the command lines against the binary just
+# built), and that the checks catch known breakages. Without systemd-analyze or promtool, and
+# without root, it skips those parts, except under CI.
+step "deploy files (systemd, Kubernetes, Prometheus, Grafana)"
 scripts/check-deploy.sh --self-test
 
 step "cargo test"
