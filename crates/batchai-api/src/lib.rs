@@ -107,15 +107,20 @@ impl AppState {
     pub async fn new(store: Arc<dyn Store>, settings: ApiSettings) -> Result<Self, batchai_store::StoreError> {
         let keys = auth::Keys::load(store.as_ref()).await?;
         let waiters: Arc<agent::Waiters> = Default::default();
+        let metrics: Arc<metrics::Metrics> = Default::default();
         Ok(Self {
             store,
             settings: Arc::new(settings),
             keys: Arc::new(keys),
             ops_wake: Arc::new(Notify::new()),
-            scheduler: batchai_scheduler::runner::Signals { nodes: waiters.clone(), ..Default::default() },
+            scheduler: batchai_scheduler::runner::Signals {
+                nodes: waiters.clone(),
+                observer: metrics.clone(),
+                ..Default::default()
+            },
             waiters,
             share_keys: None,
-            metrics: Default::default(),
+            metrics,
         })
     }
 

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use batchai_core::state::{NodeState, Priority};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::AppState;
@@ -34,6 +35,13 @@ pub struct Metrics {
     nodes: IntGaugeVec,
     gpus: IntGauge,
     gpus_allocated: IntGauge,
+    /// Seconds per scheduling pass (all clusters).
+    passes: Histogram,
+    /// Jobs placed, by `backfilled`.
+    placements: IntCounterVec,
+    /// Seconds from submission to placement.
+    queue_wait: Histogram,
+    requeues: IntCounter,
     registry: Registry,
 }
 
@@ -86,8 +94,54 @@ impl Default for Metrics {
                 &registry,
                 IntGauge::with_opts(opts("gpus_allocated", "GPUs of nodes running a job")).expect("valid"),
             ),
+            passes: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("scheduling_pass_duration_seconds", "Scheduling passes over every cluster")
+                        .namespace("batchai")
+                        .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
+                )
+                .expect("valid"),
+            ),
+            placements: registered(
+                &registry,
+                IntCounterVec::new(
+                    opts("placements_total", "Jobs placed on nodes, by whether they were backfilled"),
+                    &["backfilled"],
+                )
+                .expect("valid"),
+            ),
+            queue_wait: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("queue_wait_seconds", "Time from a job's submission to its placement")
+                        .namespace("batchai")
+                        .buckets(prometheus::exponential_buckets(0.01, 2.0, 20).expect("valid buckets")),
+                )
+                .expect("valid"),
+            ),
+            requeues: registered(
+                &registry,
+                IntCounter::with_opts(opts("requeues_total", "Jobs put back in the queue after losing their nodes"))
+                    .expect("valid"),
+            ),
             registry,
         }
+    }
+}
+
+impl batchai_scheduler::runner::Observer for Metrics {
+    fn pass(&self, secs: f64) {
+        self.passes.observe(secs);
+    }
+
+    fn placed(&self, queued_secs: f64, backfilled: bool) {
+        self.queue_wait.observe(queued_secs);
+        self.placements.with_label_values(&[if backfilled { "true" } else { "false" }]).inc();
+    }
+
+    fn requeued(&self) {
+        self.requeues.inc();
     }
 }
 

@@ -54,6 +54,24 @@ impl NodeWaker for NoWaker {
     fn wake(&self, _: &[String]) {}
 }
 
+/// What the loop reports for `/metrics` (the API's metrics implement it).
+pub trait Observer: Send + Sync {
+    /// A scheduling pass took `secs`.
+    fn pass(&self, secs: f64);
+    /// A job was placed `queued_secs` after it was submitted.
+    fn placed(&self, queued_secs: f64, backfilled: bool);
+    /// A job that lost its nodes went back to the queue.
+    fn requeued(&self);
+}
+
+struct NoObserver;
+
+impl Observer for NoObserver {
+    fn pass(&self, _: f64) {}
+    fn placed(&self, _: f64, _: bool) {}
+    fn requeued(&self) {}
+}
+
 /// Handles to wake the loop and to tell the agent protocol that desired states changed.
 #[derive(Clone)]
 pub struct Signals {
@@ -63,11 +81,18 @@ pub struct Signals {
     pub changed: Arc<Notify>,
     /// Told at once which nodes were given jobs.
     pub nodes: Arc<dyn NodeWaker>,
+    /// Told what the loop did, for `/metrics`.
+    pub observer: Arc<dyn Observer>,
 }
 
 impl Default for Signals {
     fn default() -> Self {
-        Self { wake: Default::default(), changed: Default::default(), nodes: Arc::new(NoWaker) }
+        Self {
+            wake: Default::default(),
+            changed: Default::default(),
+            nodes: Arc::new(NoWaker),
+            observer: Arc::new(NoObserver),
+        }
     }
 }
 
@@ -94,6 +119,13 @@ pub async fn run(
 
 /// One pass over every cluster. True when some node's desired state changed.
 pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals) -> Result<bool, StoreError> {
+    let started = std::time::Instant::now();
+    let changed = pass(store, settings, signals).await;
+    signals.observer.pass(started.elapsed().as_secs_f64());
+    changed
+}
+
+async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Result<bool, StoreError> {
     let now = now_millis();
     let mut changed = false;
     let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
@@ -103,7 +135,7 @@ pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals) -> 
             let jobs = store.cluster_jobs(cluster, 0).await?;
             if let Some(j) = jobs.iter().find(|j| &j.key == job && j.epoch == *epoch) {
                 let why = format!("node {} stopped responding while running the job", node.id);
-                requeue_or_fail(store, j, settings.max_requeues, &why, now).await?;
+                requeue_or_fail(store, signals, j, settings.max_requeues, &why, now).await?;
             }
         }
     }
@@ -121,6 +153,7 @@ pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals) -> 
 /// Requeues a job that lost its nodes, within its budget; fails it beyond.
 async fn requeue_or_fail(
     store: &dyn Store,
+    signals: &Signals,
     j: &SchedJob,
     budget: i32,
     why: &str,
@@ -128,6 +161,7 @@ async fn requeue_or_fail(
 ) -> Result<(), StoreError> {
     if j.execution_state == ExecutionState::Running && j.requeues < budget {
         if store.requeue_job(&j.key, j.epoch, now).await? {
+            signals.observer.requeued();
             tracing::info!(job.id = %j.key, reason = why, "job requeued");
         }
         return Ok(());
@@ -179,7 +213,7 @@ async fn schedule_cluster(
         }
     } else {
         if have > want {
-            changed |= shrink(store, settings, &spec, cluster, &nodes, &jobs, have - want, now).await?;
+            changed |= shrink(store, settings, signals, &spec, cluster, &nodes, &jobs, have - want, now).await?;
             nodes = store.list_nodes(Some(&cluster.key)).await?;
         }
         // Unusable nodes (setup failed, or lost) do not count as allocated, so nothing above
@@ -259,6 +293,9 @@ async fn place(
     for (p, epoch) in plan.iter().zip(placed) {
         if let Some(epoch) = epoch {
             changed = true;
+            if let Some(j) = jobs.iter().find(|j| j.key == p.job) {
+                signals.observer.placed((now - j.created_at).max(0) as f64 / 1000.0, p.backfilled);
+            }
             tracing::info!(job.id = %p.job, cluster.id = %cluster.arm_id, epoch, nodes = ?p.nodes, backfilled = p.backfilled, "job placed");
         }
     }
@@ -290,6 +327,7 @@ async fn enforce_wall_clock(store: &dyn Store, jobs: &[SchedJob], now: Millis) -
 async fn shrink(
     store: &dyn Store,
     settings: &Settings,
+    signals: &Signals,
     spec: &ClusterSpec,
     cluster: &SchedCluster,
     nodes: &[NodeRow],
@@ -326,7 +364,7 @@ async fn shrink(
                     store.finish_job(&j.key, j.epoch, j.execution_state, ExecutionState::Failed, &o).await?;
                 } else {
                     let why = format!("the cluster was resized and node {} was removed", n.id);
-                    requeue_or_fail(store, j, i32::MAX, &why, now).await?;
+                    requeue_or_fail(store, signals, j, i32::MAX, &why, now).await?;
                 }
                 release.push(n.id.clone());
                 changed = true;
