@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use batchai_core::protocol::StagedFile;
+use futures_util::StreamExt;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use tokio::io::AsyncWriteExt;
 
 /// Path segments keep only unreserved characters as they are.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -148,15 +150,25 @@ impl Stager {
             if stat(&local).is_some_and(|(_, mine)| mine >= theirs) {
                 continue;
             }
-            let bytes = self.call(self.http.get(self.url(share, &f.path))).await?.bytes().await;
-            let bytes = bytes.map_err(|e| StagingError::Http(format!("fetching {}: {e}", f.path)))?;
-            let path = local.clone();
+            // Streamed into a temporary file beside the target, then renamed: a file of any size
+            // costs no memory, and a reader never sees it half fetched.
+            let res = self.call(self.http.get(self.url(share, &f.path))).await?;
+            let parent = local.parent().expect("inside the share").to_path_buf();
+            tokio::fs::create_dir_all(&parent).await.map_err(io(format!("creating {}", parent.display())))?;
+            let temp = parent.join(format!(".batchai-fetch-{}", std::process::id()));
+            let mut out = tokio::fs::File::create(&temp).await.map_err(io(format!("writing {}", temp.display())))?;
+            let mut body = res.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StagingError::Http(format!("fetching {}: {e}", f.path)))?;
+                out.write_all(&chunk).await.map_err(io(format!("writing {}", temp.display())))?;
+            }
+            out.flush().await.map_err(io(format!("writing {}", temp.display())))?;
+            let out = out.into_std().await;
+            let target = local.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-                std::fs::create_dir_all(path.parent().expect("inside the share"))?;
-                let temp = path.with_extension("batchai-fetch");
-                std::fs::write(&temp, &bytes)?;
-                std::fs::File::options().write(true).open(&temp)?.set_modified(theirs)?;
-                std::fs::rename(&temp, &path)
+                out.set_modified(theirs)?;
+                drop(out);
+                std::fs::rename(&temp, &target)
             })
             .await
             .map_err(|e| StagingError::Http(e.to_string()))?
@@ -189,14 +201,15 @@ impl Stager {
                 continue;
             }
             let rel = path.strip_prefix(&dir).expect("listed under the share").to_string_lossy().into_owned();
-            let body = tokio::fs::read(&path).await.map_err(io(format!("reading {}", path.display())))?;
-            // Pushed as read; if the file changed meanwhile its new state differs from `now`
-            // and the next push sends it again.
+            // Streamed to its end, whatever its size (chunked: a job may still be appending). If
+            // the file changes meanwhile, its new state differs from `now` and the next push
+            // sends it again.
+            let file = tokio::fs::File::open(&path).await.map_err(io(format!("reading {}", path.display())))?;
             let req = self
                 .http
                 .put(self.url(share, &rel))
                 .header("x-batchai-modified-ms", millis(now.1).to_string())
-                .body(body);
+                .body(reqwest::Body::from(file));
             self.call(req).await?;
             self.seen.lock().expect("seen lock").insert(path, now);
             pushed += 1;
