@@ -54,17 +54,22 @@ impl Default for Metrics {
     fn default() -> Self {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace("batchai");
-        let buckets = prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets");
+        // Doubling buckets from `first` seconds.
+        let histogram = |name: &str, help: &str, first: f64, count: usize| {
+            HistogramOpts::new(name, help)
+                .namespace("batchai")
+                .buckets(prometheus::exponential_buckets(first, 2.0, count).expect("valid buckets"))
+        };
         Self {
             requests: registered(
                 &registry,
                 HistogramVec::new(
-                    HistogramOpts::new(
+                    histogram(
                         "http_request_duration_seconds",
                         "HTTP requests served, by route class, method and status",
-                    )
-                    .namespace("batchai")
-                    .buckets(buckets),
+                        0.0005,
+                        16,
+                    ),
                     &["route", "method", "status"],
                 )
                 .expect("valid"),
@@ -96,11 +101,12 @@ impl Default for Metrics {
             ),
             passes: registered(
                 &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("scheduling_pass_duration_seconds", "Scheduling passes over every cluster")
-                        .namespace("batchai")
-                        .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")),
-                )
+                Histogram::with_opts(histogram(
+                    "scheduling_pass_duration_seconds",
+                    "Scheduling passes over every cluster",
+                    0.0005,
+                    16,
+                ))
                 .expect("valid"),
             ),
             placements: registered(
@@ -113,11 +119,12 @@ impl Default for Metrics {
             ),
             queue_wait: registered(
                 &registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("queue_wait_seconds", "Time from a job's submission to its placement")
-                        .namespace("batchai")
-                        .buckets(prometheus::exponential_buckets(0.01, 2.0, 20).expect("valid buckets")),
-                )
+                Histogram::with_opts(histogram(
+                    "queue_wait_seconds",
+                    "Time from a job's submission to its placement",
+                    0.01,
+                    20,
+                ))
                 .expect("valid"),
             ),
             requeues: registered(

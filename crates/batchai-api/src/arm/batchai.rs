@@ -13,7 +13,9 @@ use batchai_core::models::{
 use batchai_core::names::{NameKind, ResourceName};
 use batchai_core::state::{AllocationState, ProvisioningState};
 use batchai_core::{ApiError, ErrorCode, validate};
-use batchai_store::{ListQuery, NewCluster, NewJob, OperationKind, ResourceRow, Scope, StoreError};
+use batchai_store::{
+    ListQuery, NewCluster, NewJob, NewResource, Operation, OperationKind, ResourceRow, Scope, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -170,6 +172,18 @@ async fn children(ctx: &Ctx, parent: &ResourceRef, kind: Kind) -> Result<Respons
 }
 
 /// Why the store refused to insert `r`, as the client should hear it.
+/// Inserts a created resource with the operation that finishes its creation (its location
+/// becomes the parent's), and starts that operation when it still has work to do.
+async fn insert_created(ctx: &Ctx, r: &ResourceRef, new: &NewResource, mut op: Operation) -> Result<Operation, Error> {
+    let inserted = match ctx.state.store.insert_resource(new, Some(&op)).await {
+        Ok(i) => i,
+        Err(e) => return Err(insert_failed(ctx, r, e).await),
+    };
+    op.location = inserted.parent_location.unwrap_or(op.location);
+    lro::wake_if_pending(ctx, &op);
+    Ok(op)
+}
+
 async fn insert_failed(ctx: &Ctx, r: &ResourceRef, e: StoreError) -> Error {
     match e {
         StoreError::Conflict => ApiError::new(
@@ -260,7 +274,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let mounts = spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref());
     check_file_servers(ctx, validate::file_server_refs(mounts, "properties.nodeSetup.mountVolumes.")).await?;
     check_share_keys(ctx, mounts, "properties.nodeSetup.mountVolumes.").await?;
-    let (mut op, state) = lro::create_operation(ctx, r, "local");
+    let (op, state) = lro::create_operation(ctx, r, "local");
     let mut new = new_resource(r, None, None, None, state);
     spec.apply_defaults(&format!(
         "{}/{}/workspaces/{}/clusters/{}/{}",
@@ -273,12 +287,7 @@ async fn put_cluster(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> {
     let allocation = if initial_target(&spec) > 0 { AllocationState::Resizing } else { AllocationState::Steady };
     new.cluster = Some(NewCluster { vm_size: spec.vm_size.clone(), allocation_state: allocation });
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    let inserted = match ctx.state.store.insert_resource(&new, Some(&op)).await {
-        Ok(i) => i,
-        Err(e) => return Err(insert_failed(ctx, r, e).await),
-    };
-    op.location = inserted.parent_location.unwrap_or(op.location);
-    lro::wake_if_pending(ctx, &op);
+    let op = insert_created(ctx, r, &new, op).await?;
     tracing::info!(cluster.id = %r.id(), vm_size = %spec.vm_size, "cluster created");
     ctx.state.scheduler.wake.notify_one();
     Ok(lro::accepted(ctx, &op))
@@ -380,7 +389,7 @@ async fn put_file_server(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> 
             None
         }
     });
-    let (mut op, state) = match (declared, export) {
+    let (op, state) = match (declared, export) {
         (Some(d), Some(export)) => {
             spec.mount_settings = Some(export.mount_settings());
             spec.declared = Some(DeclaredExport { export: d.export, mount_options: d.mount_options });
@@ -391,12 +400,7 @@ async fn put_file_server(ctx: &Ctx, r: &ResourceRef) -> Result<Response, Error> 
     };
     let mut new = new_resource(r, None, None, None, state);
     new.spec = Some(serde_json::to_value(&spec).map_err(|_| ApiError::internal())?);
-    let inserted = match ctx.state.store.insert_resource(&new, Some(&op)).await {
-        Ok(i) => i,
-        Err(e) => return Err(insert_failed(ctx, r, e).await),
-    };
-    op.location = inserted.parent_location.unwrap_or(op.location);
-    lro::wake_if_pending(ctx, &op);
+    let op = insert_created(ctx, r, &new, op).await?;
     if spec.declared.is_some() {
         tracing::info!(file_server.id = %r.id(), "file server created");
     } else {
