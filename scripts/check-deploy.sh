@@ -16,6 +16,9 @@
 #                       the jobs they scrape and the metrics the rules query (check_deploy.py)
 #   deploy/grafana/     the dashboards' structure, their queries' metrics (check_deploy.py) and
 #                       syntax (promtool check rules), and promtool test rules of their tests
+#   docker-compose.yml  `docker-compose config` (or `docker compose config`) when one is here,
+#                       and check_deploy.py's compose check (environment, mounted files, build
+#                       targets, deploy/compose/env.example)
 #
 #   scripts/check-deploy.sh               check the files; exits 1 on any problem
 #   scripts/check-deploy.sh --self-test   also break copies of them in known ways, and fail
@@ -245,7 +248,32 @@ check_monitoring() { # PROMETHEUS_DIR GRAFANA_DIR
     return $ok
 }
 
-check_all() { # DEPLOY_DIR
+# `docker-compose config` with the required secrets set: the file is valid compose.
+compose_cli=()
+if command -v docker-compose >/dev/null; then
+    compose_cli=(docker-compose)
+elif docker compose version >/dev/null 2>&1; then
+    compose_cli=(docker compose)
+fi
+check_compose() { # COMPOSE_FILE ENV_EXAMPLE
+    local ok=0 out
+    "$py" "$repo/scripts/check_deploy.py" compose "$1" "$2" || ok=1
+    if ((${#compose_cli[@]} == 0)); then
+        echo "skipped: compose config of $1 (no docker-compose or docker compose)"
+        return $ok
+    fi
+    if out=$(env BATCHAI_POSTGRES_PASSWORD=check BATCHAI_JOIN_TOKEN=check "${compose_cli[@]}" \
+        --project-directory "$(dirname "$1")" -f "$1" --profile monitoring config -q 2>&1); then
+        echo "ok: compose config of $1 (with --profile monitoring)"
+    else
+        echo "FAILED: compose config of $1"
+        sed 's/^/    /' <<<"$out" | head -20
+        ok=1
+    fi
+    return $ok
+}
+
+check_all() { # DEPLOY_DIR (docker-compose.yml beside it)
     local sd=$1/systemd k8s=$1/kubernetes ok=0
     if [[ $have_systemd == 1 ]]; then
         check_systemd "$sd" || ok=1
@@ -260,6 +288,7 @@ check_all() { # DEPLOY_DIR
         echo "skipped: command lines (no batchai binary; set BATCHAI_BIN)"
     fi
     check_monitoring "$1/prometheus" "$1/grafana" || ok=1
+    check_compose "$1/../docker-compose.yml" "$1/compose/env.example" || ok=1
     return $ok
 }
 
@@ -297,6 +326,11 @@ self_test() {
         "grafana/batchai-farm.json|s/avg by (exported_job) (DCGM/max by (exported_job) (DCGM/|a panel changed without its test"
         "grafana/batchai-farm.json|1s/^{/{,/|invalid JSON"
         "grafana/batchai-farm.test.yml|s/value: 0.75/value: 0.5/|a dashboard test that fails|promtool"
+        "../docker-compose.yml|s/BATCHAI_FILES_LISTEN:/BATCHAI_FILE_LISTEN:/|a compose variable batchai ignores"
+        "../docker-compose.yml|s/target: agent/target: agnet/|a compose build target that is no stage"
+        "../docker-compose.yml|s/prometheus-compose.yml:/prometheus-compose.yaml:/|a compose mount of a missing file"
+        "../docker-compose.yml|s/^    profiles: \[monitoring\]/    profile: [monitoring]/|an invalid compose file|compose"
+        "compose/env.example|/^#BATCHAI_GRAFANA_PORT=/d|a compose variable left out of env.example"
     )
     [[ -n $bin ]] && cases+=("systemd/batchai-agent.service|s/ agent$/ agent --storage-rot \/mnt/|a flag the binary refuses")
     local failed=0 spec file script what needs n=0
@@ -305,13 +339,15 @@ self_test() {
         if [[ $have_systemd == 0 && ($file == *.service || $file == *sysusers*) ]]; then
             continue
         fi
-        if [[ $have_promtool == 0 && $needs == promtool ]]; then
+        if [[ ($have_promtool == 0 && $needs == promtool) || (${#compose_cli[@]} == 0 && $needs == compose) ]]; then
             continue
         fi
         n=$((n + 1))
-        local copy=$scratch/case$n
+        local copy=$scratch/case$n/deploy
         mkdir -p "$copy"
-        cp -a "$repo/deploy/systemd" "$repo/deploy/kubernetes" "$repo/deploy/prometheus" "$repo/deploy/grafana" "$copy/"
+        cp -a "$repo/deploy/systemd" "$repo/deploy/kubernetes" "$repo/deploy/prometheus" "$repo/deploy/grafana" \
+            "$repo/deploy/compose" "$repo/deploy/images" "$copy/"
+        cp "$repo/docker-compose.yml" "$copy/.."
         sed -i -e "$script" "$copy/$file"
         if cmp -s "$repo/deploy/$file" "$copy/$file"; then
             echo "self-test FAILED: case '$what' did not change deploy/$file (stale sed script)"

@@ -5,6 +5,8 @@
   python scripts/check_deploy.py commands BIN UNIT... DIR    command lines, against a binary
   python scripts/check_deploy.py monitoring PROMETHEUS_DIR GRAFANA_DIR OUT [--without-kubernetes-sd]
                                                             rules, scrape configs, dashboards
+  python scripts/check_deploy.py compose COMPOSE_FILE ENV_EXAMPLE
+                                                            docker-compose.yml
 
 kubernetes: every document of every *.yaml in DIR is validated against the Kubernetes JSON
 schemas that the pinned kubernetes-validate package ships (strict: unknown fields are errors;
@@ -21,6 +23,12 @@ silently, so a typo would otherwise go unnoticed.
 commands: every ExecStart= of the units and every container command of the manifests in DIR
 is run with the batchai binary BIN and `--help` appended, which must succeed: the subcommand
 and flags exist (clap checks them before --help prints anything; nothing else runs).
+
+compose: docker-compose.yml, beside what `docker-compose config` checks (check-deploy.sh runs
+it): no duplicate keys; the services postgres, server and agent; every BATCHAI_* variable the
+server and agent get sets a configuration key; every file mounted from the repository and every
+Dockerfile exists, with the build target as a stage; every ${VARIABLE} the file reads is
+described in ENV_EXAMPLE, and ENV_EXAMPLE names no variable the file does not read.
 
 monitoring: deploy/prometheus/ and deploy/grafana/ (promtool itself is run by
 scripts/check-deploy.sh, on what this writes into OUT):
@@ -670,10 +678,62 @@ def check_monitoring(prometheus_dir, grafana_dir, out, without_kubernetes_sd):
             f"({n_tested} tested), known metrics only")
 
 
+# --- docker-compose.yml -------------------------------------------------------------------
+
+def check_compose(path, env_example):
+    import yaml
+
+    with open(path) as f:
+        text = f.read()
+    try:
+        doc = yaml.load(text, Loader=strict_loader())
+    except yaml.YAMLError as e:
+        problem(path, f"not valid YAML: {e}")
+        return 0
+    services = doc.get("services") or {}
+    for name in ("postgres", "server", "agent"):
+        if name not in services:
+            problem(path, f"no service {name!r}")
+    keys = config_keys()
+    base = os.path.dirname(os.path.abspath(path))
+    for name, svc in services.items():
+        where = f"{path}: services.{name}"
+        if name in ("server", "agent"):
+            for var in svc.get("environment") or {}:
+                check_env_name(f"{where}.environment", var, keys)
+        for volume in svc.get("volumes") or []:
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith("./") and not os.path.exists(os.path.join(base, source)):
+                problem(f"{where}.volumes", f"{source} does not exist")
+        build = svc.get("build")
+        if isinstance(build, dict):
+            dockerfile = os.path.join(base, build.get("context", "."), build.get("dockerfile", "Dockerfile"))
+            if not os.path.exists(dockerfile):
+                problem(f"{where}.build", f"{os.path.relpath(dockerfile, base)} does not exist")
+            elif build.get("target"):
+                with open(dockerfile) as f:
+                    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", f.read(), re.M | re.I)
+                if build["target"] not in stages:
+                    problem(f"{where}.build", f"no stage {build['target']!r} in {os.path.relpath(dockerfile, base)}")
+    used = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+    with open(env_example) as f:
+        described = set(re.findall(r"^#?([A-Z][A-Z0-9_]*)=", f.read(), re.M))
+    for var in sorted(used - described):
+        problem(env_example, f"{var} (read by {os.path.basename(path)}) is not described")
+    for var in sorted(described - used):
+        problem(env_example, f"{var} is not read by {os.path.basename(path)}")
+    return len(services)
+
+
 def main(argv):
-    if len(argv) < 3 or argv[1] not in ("kubernetes", "config", "commands", "monitoring"):
+    if len(argv) < 3 or argv[1] not in ("kubernetes", "config", "commands", "monitoring", "compose"):
         sys.exit(__doc__)
-    if argv[1] == "monitoring":
+    if argv[1] == "compose":
+        if len(argv) != 4:
+            sys.exit(__doc__)
+        n = check_compose(argv[2], argv[3])
+        summary = f"{n} compose services (environment, files, build targets, variables)"
+    elif argv[1] == "monitoring":
         args = [a for a in argv[2:] if a != "--without-kubernetes-sd"]
         if len(args) != 3:
             sys.exit(__doc__)

@@ -39,6 +39,16 @@ step "cargo build"
 cargo build --workspace --locked
 export BATCHAI_BIN="$CARGO_TARGET_DIR/debug/batchai"
 
+# docker-compose.yml's images (Postgres from Debian's packages, server and agent with the binary
+# just built), for the compose smoke test in the SDK suite (tests/sdk/test_compose.py).
+if docker info >/dev/null 2>&1; then
+  step "compose images"
+  if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends docker-compose >/dev/null
+  fi
+  scripts/build-images.sh farm
+fi
+
 # deploy/systemd, deploy/kubernetes, deploy/prometheus and deploy/grafana, offline
 # (systemd-analyze, Kubernetes schemas, promtool; the command lines against the binary just
 # built), and that the checks catch known breakages. Without systemd-analyze or promtool, and

@@ -25,7 +25,7 @@ CNTK_IMAGE = "microsoft/cntk:2.1-gpu-python3.5-cuda8.0-cudnn6.0"
 DEV_ENV_KEYS = {"BATCHAI_URL", "BATCHAI_CA_CERT", "REQUESTS_CA_BUNDLE", "AZURE_SUBSCRIPTION_ID", "AAD_TENANT",
                 "AAD_CLIENT_ID", "AAD_SECRET", "BATCHAI_AAD_AUTHORITY", "BATCHAI_TOKEN",
                 "AZURE_STORAGE_CONNECTION_STRING", "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "BATCHAI_FILES_URL",
-                "BATCHAI_METRICS_URL"}
+                "BATCHAI_METRICS_URL", "BATCHAI_AGENT_METRICS_URL"}
 
 
 def run_quickstart(dev, cwd):
@@ -75,6 +75,11 @@ def test_quickstart_trains_on_sqlite_with_host_processes(dev_factory, tmp_path):
     metrics = requests.get(dev.dev_env["BATCHAI_METRICS_URL"], verify=dev.ca_cert, timeout=30)
     assert metrics.status_code == 200, metrics.text
     assert 'batchai_jobs{priority="normal",state="succeeded"} 1' in metrics.text, metrics.text
+    # ... and at the in-process agent's: the job ran there and is done.
+    agent = requests.get(dev.dev_env["BATCHAI_AGENT_METRICS_URL"], timeout=30)
+    assert agent.status_code == 200, agent.text
+    assert "\nbatchai_agent_running_jobs 0\n" in agent.text, agent.text
+    assert "\nbatchai_agent_process_start_duration_seconds_count" in agent.text, agent.text
 
 
 def test_quickstart_trains_in_docker_on_postgres(dev_factory, tmp_path):

@@ -101,13 +101,27 @@ fn io_error(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentE
 pub async fn run(
     cfg: AgentConfig,
     runtime: Arc<dyn Runtime>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    let listener = match cfg.health_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(io_error(format!("binding {addr}")))?),
+        None => None,
+    };
+    run_with_health(cfg, runtime, shutdown, listener).await
+}
+
+/// [`run`], serving `/healthz` and `/metrics` on `health` (already bound, so that the caller
+/// knows its address) instead of `cfg.health_listen`.
+pub async fn run_with_health(
+    cfg: AgentConfig,
+    runtime: Arc<dyn Runtime>,
     mut shutdown: watch::Receiver<bool>,
+    health_listener: Option<tokio::net::TcpListener>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(io_error(format!("creating {}", cfg.data_dir.display())))?;
     let server = Server::new(&cfg)?;
     let health = Arc::new(Health::default());
-    if let Some(addr) = cfg.health_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(io_error(format!("binding {addr}")))?;
+    if let Some(listener) = health_listener {
         tracing::info!(address = %listener.local_addr().map_err(io_error(String::from("the health listener")))?, "serving /healthz");
         tokio::spawn(crate::health::serve(listener, health.clone(), shutdown.clone()));
     }

@@ -142,14 +142,16 @@ pub enum TokenCommand {
     Revoke { id: String },
 }
 
-/// Creates a join token; returns its id and clear text (shown once).
+/// Creates a join token (a new random one unless `given`); returns its id and clear text
+/// (shown once).
 pub async fn create_join_token(
     store: &dyn batchai_store::Store,
     name: &str,
     expires_in_secs: Option<i64>,
+    given: Option<&str>,
 ) -> anyhow::Result<(String, String)> {
     let now = now_millis();
-    let token = format!("bai_join_{}", batchai_api::auth::new_secret());
+    let token = given.map_or_else(|| format!("bai_join_{}", batchai_api::auth::new_secret()), str::to_owned);
     let t = batchai_store::JoinToken {
         id: uuid::Uuid::new_v4().to_string(),
         name: name.to_owned(),
@@ -205,7 +207,7 @@ pub async fn run(cfg: &Config, command: AdminCommand) -> anyhow::Result<()> {
             println!("{}", json!({"revoked": id}));
         }
         AdminCommand::JoinToken { command: JoinTokenCommand::Create { name, expires_in_secs } } => {
-            let (id, token) = create_join_token(store, &name, expires_in_secs).await?;
+            let (id, token) = create_join_token(store, &name, expires_in_secs, None).await?;
             println!("{}", json!({"id": id, "join_token": token, "name": name}));
         }
         AdminCommand::JoinToken { command: JoinTokenCommand::List } => {

@@ -60,7 +60,9 @@ pub struct Config {
     pub server_url: Option<String>,
     /// `batchai agent`: CA certificate (PEM) to trust for the server.
     pub ca_cert: Option<PathBuf>,
-    /// `batchai agent`: join token, needed on the first start only.
+    /// `batchai agent`: join token, needed on the first start only. `batchai server`: a join
+    /// token accepted beside those `batchai admin join-token create` makes (one secret for the
+    /// server and its agents, as in docker-compose.yml); revoking it lasts.
     pub join_token: Option<String>,
     /// `batchai agent`: address other nodes and clients reach this node at.
     pub node_address: Option<String>,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use batchai_api::{AppState, Scheme};
 use serde_json::json;
 use tokio::sync::watch;
@@ -105,7 +105,11 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     println!("trust this CA certificate: {ca}");
     println!("CA SHA-256 fingerprint: {fingerprint}");
     println!("tenant: {}", state.keys.tenant);
-    bootstrap(&state, &cfg, &data_dir, &https_url, &ca).await?;
+    let client_url = cfg.public_url.clone().unwrap_or_else(|| https_url.replace("0.0.0.0", "localhost"));
+    bootstrap(&state, &cfg, &data_dir, &client_url, &ca).await?;
+    if let Some(token) = cfg.join_token.as_deref().filter(|_| !dev) {
+        register_join_token(state.store.as_ref(), token).await?;
+    }
     let files_url = files.as_ref().map(|f| f.url.clone());
     let agent = match (dev, &http_url) {
         (true, Some(url)) => {
@@ -223,7 +227,7 @@ async fn start_dev_agent(
     let agent_dir = data_dir.join("agent");
     let mut agent_cfg = Config { server_url: Some(http_url.to_owned()), vm_sizes: vec!["*".into()], ..cfg.clone() };
     if !agent_dir.join("node.json").exists() {
-        let (_, token) = crate::admin::create_join_token(state.store.as_ref(), "dev", Some(600)).await?;
+        let (_, token) = crate::admin::create_join_token(state.store.as_ref(), "dev", Some(600), None).await?;
         agent_cfg.join_token = Some(token);
     }
     let runtime = crate::node_runtime::pick(&agent_cfg).await?;
@@ -238,15 +242,19 @@ async fn start_dev_agent(
         "jobs run on this machine; images mapped to `host` in the image map (the CNTK quickstart's) run on the \
          host too, other container jobs fail"
     };
+    // The agent's /healthz and /metrics: where `health_listen` says, else a free loopback port.
+    let addr = cfg.health_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let health = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let agent_metrics = format!("export BATCHAI_AGENT_METRICS_URL=http://{}/metrics\n", health.local_addr()?);
     let task = tokio::spawn(async move {
-        if let Err(e) = batchai_agent::agent::run(agent_cfg, runtime, stop).await {
+        if let Err(e) = batchai_agent::agent::run_with_health(agent_cfg, runtime, stop, Some(health)).await {
             tracing::error!(error = %e, "the local agent stopped");
         }
     });
     let bootstrap = std::fs::read_to_string(data_dir.join("bootstrap.env"))
         .context("reading bootstrap.env (the dev data dir was not created by `batchai dev`?)")?;
     let path = data_dir.join("dev.env");
-    write_private(&path, &(bootstrap + &extra_env))?;
+    write_private(&path, &(bootstrap + &extra_env + &agent_metrics))?;
     println!(
         "batchai dev: a local agent serves every VM size; {runs}; job files live in {}",
         cfg.storage_root().display()
@@ -295,6 +303,26 @@ async fn bootstrap(
     println!("first start: created credentials for subscription {} (shown once):", subs[0]);
     print!("{env}");
     println!("they are also in {} (mode 0600): `source {}`", path.display(), path.display());
+    Ok(())
+}
+
+/// Accepts the configured `join_token` (deployments that hand one secret to the server and its
+/// agents, as docker-compose.yml does). Registered once, by hash: revoking it with `batchai
+/// admin join-token revoke` lasts across restarts.
+async fn register_join_token(store: &dyn batchai_store::Store, token: &str) -> anyhow::Result<()> {
+    if token.len() < 24 {
+        bail!("join_token must be at least 24 characters (`batchai admin join-token create` prints one)");
+    }
+    let hash = batchai_api::auth::hash_secret(token);
+    if store.find_join_token(&hash).await?.is_none() {
+        if let Err(e) = crate::admin::create_join_token(store, "configured", None, Some(token)).await {
+            // Another server on the same database may have registered it first.
+            if store.find_join_token(&hash).await?.is_none() {
+                return Err(e);
+            }
+        }
+        tracing::info!("registered the configured join token");
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, backends};
+use common::{Server, ServerOptions, backends};
 use serde_json::{Value, json};
 
 fn facts() -> Value {
@@ -95,5 +95,29 @@ async fn only_join_tokens_join_and_only_node_credentials_sync() {
         let (status, _) = post(&join, Some(jt), facts().to_string()).await;
         assert_eq!(status, 401);
         assert_eq!(node_count(&server), 1);
+    }
+}
+
+/// A join token in the server's configuration (docker-compose.yml hands one secret to the server
+/// and its agents) admits agents; once revoked it stays revoked when the server starts again
+/// with the same configuration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_join_token_joins_and_stays_revoked_across_restarts() {
+    let token = "bai_join_configured-0123456789abcdef";
+    let env = vec![("BATCHAI_JOIN_TOKEN".to_owned(), token.to_owned())];
+    for backend in backends() {
+        let mut server = Server::start_with(ServerOptions { backend, env: env.clone() });
+        let (status, body) = post(&format!("{}/agent/v1/join", server.http), Some(token), facts().to_string()).await;
+        assert_eq!(status, 200, "{body}");
+        let listed = server.admin_json(&["join-token", "list"]);
+        assert_eq!((listed["name"].as_str(), listed["revoked"].as_bool()), (Some("configured"), Some(false)));
+        server.admin_json(&["join-token", "revoke", listed["id"].as_str().expect("id")]);
+
+        server.kill();
+        let again = Server::spawn(&server.data_dir, server.database_url.clone(), &env);
+        let (status, body) = post(&format!("{}/agent/v1/join", again.http), Some(token), facts().to_string()).await;
+        assert_eq!((status, envelope(&body)), (401, "AuthenticationFailed"));
+        assert_eq!(again.admin_json(&["join-token", "list"])["revoked"].as_bool(), Some(true));
+        assert_eq!(node_count(&again), 1);
     }
 }
