@@ -150,6 +150,9 @@ pub async fn run_with_health(
         metrics: health.metrics.clone(),
     };
     health.metrics.gpus.set(facts.gpus.len() as i64);
+    if !facts.gpus.is_empty() {
+        health.probe_gpus(cfg.facts.clone());
+    }
     tracing::info!(node.id = %node.node_id, runtime = runtime.name(), storage_root = %node.storage_root.display(), staged = cfg.staged, "agent started");
     let (mut state, mut events) = State::new(node, runtime, facts);
     let mut backoff = BACKOFF_FIRST;

@@ -15,6 +15,19 @@ use batchai_core::protocol::{Gpu, NodeFacts};
 
 /// The `nvidia-smi` query whose output [`parse_nvidia_smi`] reads.
 pub const NVIDIA_SMI_ARGS: [&str; 2] = ["--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits"];
+/// The `nvidia-smi` query whose output [`parse_gpu_usage`] reads.
+pub const NVIDIA_SMI_USAGE_ARGS: [&str; 2] =
+    ["--query-gpu=uuid,utilization.gpu,memory.used,memory.total", "--format=csv,noheader,nounits"];
+
+/// One GPU's use now, as `nvidia-smi` reports it (`None`: not supported by the GPU).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuUsage {
+    pub uuid: String,
+    /// Busy fraction of the last sample period, 0 to 1.
+    pub utilization: Option<f64>,
+    pub memory_used_bytes: Option<f64>,
+    pub memory_total_bytes: Option<f64>,
+}
 
 /// What discovery cannot find out by itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +96,37 @@ fn parse_gpu_line(line: &str) -> Option<Gpu> {
     Some(Gpu { index, uuid: uuid.to_owned(), model: name.to_owned(), memory_mb })
 }
 
+/// Reads `nvidia-smi`'s [`NVIDIA_SMI_USAGE_ARGS`] output; unreadable lines are left out.
+pub fn parse_gpu_usage(output: &str) -> Vec<GpuUsage> {
+    let number = |field: &str| field.trim().parse::<f64>().ok();
+    output
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let [uuid, util, used, total] = fields.as_slice() else { return None };
+            let uuid = uuid.trim();
+            (!uuid.is_empty()).then(|| GpuUsage {
+                uuid: uuid.to_owned(),
+                utilization: number(util).map(|p| p / 100.0),
+                memory_used_bytes: number(used).map(|mib| mib * 1024.0 * 1024.0),
+                memory_total_bytes: number(total).map(|mib| mib * 1024.0 * 1024.0),
+            })
+        })
+        .collect()
+}
+
+/// Each GPU's use now; empty when `nvidia-smi` is missing or fails. Blocking, like
+/// [`discover`].
+pub fn gpu_usage(cfg: &FactsConfig) -> Vec<GpuUsage> {
+    match run_nvidia_smi(cfg, &NVIDIA_SMI_USAGE_ARGS) {
+        Ok(output) => parse_gpu_usage(&output),
+        Err(err) => {
+            tracing::debug!(nvidia_smi = %cfg.nvidia_smi.display(), error = %err, "no GPU usage");
+            Vec::new()
+        }
+    }
+}
+
 /// `MemTotal` of `/proc/meminfo` (in kB) as MiB.
 pub fn parse_meminfo_total_mb(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find_map(|line| line.strip_prefix("MemTotal:"))?;
@@ -133,7 +177,7 @@ fn memory_mb() -> u64 {
 }
 
 fn gpus(cfg: &FactsConfig) -> Vec<Gpu> {
-    match run_nvidia_smi(cfg) {
+    match run_nvidia_smi(cfg, &NVIDIA_SMI_ARGS) {
         Ok(output) => {
             let gpus = parse_nvidia_smi(&output);
             if gpus.is_empty() && !output.trim().is_empty() {
@@ -161,9 +205,9 @@ enum SmiError {
     Failed { status: std::process::ExitStatus, output: String },
 }
 
-fn run_nvidia_smi(cfg: &FactsConfig) -> Result<String, SmiError> {
+fn run_nvidia_smi(cfg: &FactsConfig, args: &[&str]) -> Result<String, SmiError> {
     let mut child = Command::new(&cfg.nvidia_smi)
-        .args(NVIDIA_SMI_ARGS)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -199,6 +243,22 @@ fn run_nvidia_smi(cfg: &FactsConfig) -> Result<String, SmiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_gpu_usage_lines_and_skips_what_is_not_supported() {
+        let output = "\
+GPU-5a2f1d0c-3b7e-8e44-9c41-0d7b2a6f4e13, 37, 1024, 81559
+GPU-c1e0b7aa-62f4-4f1f-a5d9-3e8b1c7d9a20, [Not Supported], [N/A], 81559
+not a usage line
+";
+        let usage = parse_gpu_usage(output);
+        assert_eq!(usage.len(), 2, "{usage:?}");
+        assert_eq!(usage[0].uuid, "GPU-5a2f1d0c-3b7e-8e44-9c41-0d7b2a6f4e13");
+        assert_eq!(usage[0].utilization, Some(0.37));
+        assert_eq!(usage[0].memory_used_bytes, Some(1024.0 * 1024.0 * 1024.0));
+        assert_eq!((usage[1].utilization, usage[1].memory_used_bytes), (None, None));
+        assert_eq!(usage[1].memory_total_bytes, Some(81559.0 * 1024.0 * 1024.0));
+    }
 
     #[test]
     fn parses_h100_and_k80_lines() {

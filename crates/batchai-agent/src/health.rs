@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -15,6 +16,7 @@ use batchai_core::time::{now_millis, to_rfc3339};
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::facts::FactsConfig;
 use crate::metrics::AgentMetrics;
 
 /// What the loop tells the health endpoint.
@@ -24,11 +26,18 @@ pub struct Health {
     /// Epoch ms of the last successful sync; 0 before the first.
     last_sync: AtomicI64,
     pub metrics: Arc<AgentMetrics>,
+    /// How to run nvidia-smi for the per-GPU series; unset (or no GPUs): none.
+    gpu_probe: OnceLock<FactsConfig>,
 }
 
 impl Health {
     pub fn joined(&self, node: &str) {
         let _ = self.node.set(node.to_owned());
+    }
+
+    /// The node has GPUs: `/metrics` asks `nvidia-smi` (as `cfg` says) for their use.
+    pub fn probe_gpus(&self, cfg: FactsConfig) {
+        let _ = self.gpu_probe.set(cfg);
     }
 
     pub fn synced(&self) {
@@ -46,7 +55,17 @@ async fn healthz(State(health): State<Arc<Health>>) -> Json<serde_json::Value> {
     }))
 }
 
+/// A scrape must not wait long on an nvidia-smi that hangs (a GPU fallen off the bus).
+const GPU_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if let Some(cfg) = health.gpu_probe.get() {
+        let cfg = FactsConfig { nvidia_smi_timeout: cfg.nvidia_smi_timeout.min(GPU_PROBE_TIMEOUT), ..cfg.clone() };
+        match tokio::task::spawn_blocking(move || crate::facts::gpu_usage(&cfg)).await {
+            Ok(usage) => health.metrics.set_gpu_usage(&usage),
+            Err(e) => tracing::warn!(error = %e, "reading GPU usage"),
+        }
+    }
     let content_type = prometheus::TEXT_FORMAT;
     ([(axum::http::header::CONTENT_TYPE, content_type)], health.metrics.encode())
 }

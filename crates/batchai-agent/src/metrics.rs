@@ -5,8 +5,10 @@
 //! the job using the GPU.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::facts::GpuUsage;
 
 pub struct AgentMetrics {
     pub running_jobs: IntGauge,
@@ -16,6 +18,10 @@ pub struct AgentMetrics {
     pub starts: HistogramVec,
     /// 1 per GPU in use, by `gpu_uuid` and `job` (the job's key).
     pub gpu_job: IntGaugeVec,
+    /// Per GPU (`gpu_uuid`), from nvidia-smi at scrape time.
+    gpu_utilization: GaugeVec,
+    gpu_memory_used: GaugeVec,
+    gpu_memory_total: GaugeVec,
     registry: Registry,
 }
 
@@ -57,6 +63,20 @@ impl Default for AgentMetrics {
                 )
                 .expect("valid"),
             ),
+            gpu_utilization: registered(
+                &registry,
+                GaugeVec::new(opts("gpu_utilization_ratio", "GPU busy fraction (nvidia-smi)"), &["gpu_uuid"])
+                    .expect("valid"),
+            ),
+            gpu_memory_used: registered(
+                &registry,
+                GaugeVec::new(opts("gpu_memory_used_bytes", "GPU memory in use (nvidia-smi)"), &["gpu_uuid"])
+                    .expect("valid"),
+            ),
+            gpu_memory_total: registered(
+                &registry,
+                GaugeVec::new(opts("gpu_memory_total_bytes", "GPU memory (nvidia-smi)"), &["gpu_uuid"]).expect("valid"),
+            ),
             registry,
         }
     }
@@ -69,6 +89,22 @@ impl std::fmt::Debug for AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// Replaces the per-GPU series with `usage` (a GPU gone or unreadable loses its series).
+    pub fn set_gpu_usage(&self, usage: &[GpuUsage]) {
+        for (vec, value) in [
+            (&self.gpu_utilization, (|u: &GpuUsage| u.utilization) as fn(&GpuUsage) -> Option<f64>),
+            (&self.gpu_memory_used, |u| u.memory_used_bytes),
+            (&self.gpu_memory_total, |u| u.memory_total_bytes),
+        ] {
+            vec.reset();
+            for u in usage {
+                if let Some(v) = value(u) {
+                    vec.with_label_values(&[u.uuid.as_str()]).set(v);
+                }
+            }
+        }
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut out = Vec::new();

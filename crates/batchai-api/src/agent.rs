@@ -264,6 +264,10 @@ async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Resul
     let o = JobOutcome { end_time: Some(now), exit_code: end.exit_code, errors: end.errors, now, ..Default::default() };
     if state.store.finish_job(&t.job, t.epoch, job.execution_state, end.state, &o).await? {
         tracing::info!(job.id = %t.job, state = end.state.as_str(), exit_code = ?end.exit_code, "job ended");
+        if let Some(start) = job.start_time {
+            let gpus = placement.iter().map(|p| i64::from(p.gpus.max(0))).sum();
+            state.metrics.job_ended(&row.arm_id, end.state.as_str(), (now - start).max(0) as f64 / 1000.0, gpus);
+        }
         // Its other nodes must stop now: stamped for other servers, woken here at once.
         state.store.touch_job_nodes(&t.job, now).await?;
         for p in &placement {

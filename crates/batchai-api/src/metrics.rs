@@ -16,9 +16,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use batchai_core::state::{NodeState, Priority};
+use batchai_scheduler::WaitClass;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::AppState;
@@ -42,6 +43,15 @@ pub struct Metrics {
     /// Seconds from submission to placement.
     queue_wait: Histogram,
     requeues: IntCounter,
+    /// Queued jobs by `reason` class, as this server's last scheduling pass found them.
+    pending: IntGaugeVec,
+    /// Seconds from start to end of jobs that ended on their nodes, by `outcome`.
+    run_time: HistogramVec,
+    /// GPUs × seconds of those jobs, by `resource_group`, `workspace` and `experiment`.
+    gpu_seconds: CounterVec,
+    /// The database pool's connections by `state` (`in_use`, `idle`), and its limit.
+    db_connections: IntGaugeVec,
+    db_connections_max: IntGauge,
     registry: Registry,
 }
 
@@ -132,6 +142,40 @@ impl Default for Metrics {
                 IntCounter::with_opts(opts("requeues_total", "Jobs put back in the queue after losing their nodes"))
                     .expect("valid"),
             ),
+            pending: registered(
+                &registry,
+                IntGaugeVec::new(
+                    opts("pending_jobs", "Queued jobs by why they wait (this server's last scheduling pass)"),
+                    &["reason"],
+                )
+                .expect("valid"),
+            ),
+            run_time: registered(
+                &registry,
+                HistogramVec::new(
+                    histogram("job_run_seconds", "Time from a job's start to its end, by outcome", 1.0, 20),
+                    &["outcome"],
+                )
+                .expect("valid"),
+            ),
+            gpu_seconds: registered(
+                &registry,
+                CounterVec::new(
+                    opts("gpu_seconds_total", "GPU time of ended jobs (GPUs of their nodes × run time)"),
+                    &["resource_group", "workspace", "experiment"],
+                )
+                .expect("valid"),
+            ),
+            db_connections: registered(
+                &registry,
+                IntGaugeVec::new(opts("db_connections", "Database pool connections by state"), &["state"])
+                    .expect("valid"),
+            ),
+            db_connections_max: registered(
+                &registry,
+                IntGauge::with_opts(opts("db_connections_max", "The most connections the database pool opens"))
+                    .expect("valid"),
+            ),
             registry,
         }
     }
@@ -150,6 +194,33 @@ impl batchai_scheduler::runner::Observer for Metrics {
     fn requeued(&self) {
         self.requeues.inc();
     }
+
+    fn pending(&self, counts: &[(WaitClass, usize)]) {
+        for (class, n) in counts {
+            self.pending.with_label_values(&[class.as_str()]).set(*n as i64);
+        }
+    }
+}
+
+impl Metrics {
+    /// A job ended on its nodes (`outcome`: its final state) after running `run_secs` on nodes
+    /// with `gpus` GPUs in all.
+    pub fn job_ended(&self, arm_id: &str, outcome: &str, run_secs: f64, gpus: i64) {
+        self.run_time.with_label_values(&[outcome]).observe(run_secs);
+        if gpus > 0 {
+            let (rg, ws, exp) = job_scope(arm_id);
+            self.gpu_seconds.with_label_values(&[rg, ws, exp]).inc_by(run_secs * gpus as f64);
+        }
+    }
+}
+
+/// The resource group, workspace and experiment of a job's ARM id (empty where missing).
+fn job_scope(arm_id: &str) -> (&str, &str, &str) {
+    let segs: Vec<&str> = arm_id.split('/').collect();
+    let after = |name: &str| {
+        segs.iter().position(|s| s.eq_ignore_ascii_case(name)).and_then(|i| segs.get(i + 1)).copied().unwrap_or("")
+    };
+    (after("resourceGroups"), after("workspaces"), after("experiments"))
 }
 
 pub fn routes() -> Router<AppState> {
@@ -249,6 +320,10 @@ async fn refresh(state: &AppState, m: &Metrics) -> Result<(), batchai_store::Sto
     }
     m.gpus.set(nodes.iter().map(|n| i64::from(n.gpus.max(0))).sum());
     m.gpus_allocated.set(nodes.iter().filter(|n| n.job_key.is_some()).map(|n| i64::from(n.gpus.max(0))).sum());
+    let pool = state.store.pool_use();
+    m.db_connections.with_label_values(&["in_use"]).set(i64::from(pool.open.saturating_sub(pool.idle)));
+    m.db_connections.with_label_values(&["idle"]).set(i64::from(pool.idle));
+    m.db_connections_max.set(i64::from(pool.max));
     Ok(())
 }
 
@@ -272,6 +347,19 @@ mod tests {
         assert_eq!(route_class("/tenant/oauth2/v2.0/token"), "token");
         assert_eq!(route_class("/files/a/b?sig=x"), "files_download");
         assert_eq!(route_class("/anything/else"), "other");
+    }
+
+    #[test]
+    fn gpu_time_is_labelled_by_the_job_scope() {
+        let id = "/subscriptions/s/resourceGroups/RG1/providers/Microsoft.BatchAI/workspaces/ws/experiments/exp/jobs/j";
+        assert_eq!(job_scope(id), ("RG1", "ws", "exp"));
+        assert_eq!(job_scope("/nothing"), ("", "", ""));
+        let m = Metrics::default();
+        m.job_ended(id, "succeeded", 10.0, 2);
+        m.job_ended(id, "failed", 5.0, 2);
+        m.job_ended(id, "succeeded", 7.0, 0);
+        assert_eq!(m.gpu_seconds.with_label_values(&["RG1", "ws", "exp"]).get(), 30.0);
+        assert_eq!(m.run_time.with_label_values(&["succeeded"]).get_sample_count(), 2);
     }
 
     #[test]

@@ -76,6 +76,31 @@ pub struct Placement {
 pub struct Pending {
     pub job: String,
     pub reason: String,
+    pub class: WaitClass,
+}
+
+/// Why a job waits, as one of a few classes (`batchai_pending_jobs{reason}`); the reason text
+/// says more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitClass {
+    /// It needs more nodes than the cluster has usable.
+    ClusterTooSmall,
+    /// Not enough of the cluster's nodes are idle.
+    NoIdleNodes,
+    /// Nodes are idle, but starting it would delay the head of the queue's reserved start.
+    Reservation,
+}
+
+impl WaitClass {
+    pub const ALL: &[WaitClass] = &[WaitClass::ClusterTooSmall, WaitClass::NoIdleNodes, WaitClass::Reservation];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitClass::ClusterTooSmall => "cluster_too_small",
+            WaitClass::NoIdleNodes => "no_idle_nodes",
+            WaitClass::Reservation => "reservation",
+        }
+    }
 }
 
 /// Queue order: priority, then submission, then key (stable and total).
@@ -134,6 +159,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     "needs {} {} nodes in cluster {}; the cluster has {} usable",
                     job.node_count, snapshot.vm_size, snapshot.cluster, usable
                 ),
+                class: WaitClass::ClusterTooSmall,
             });
             continue;
         }
@@ -157,6 +183,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                         snapshot.cluster,
                         idle.len()
                     ),
+                    class: WaitClass::NoIdleNodes,
                 });
                 head = Some((job.key, r));
             }
@@ -170,18 +197,22 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     let nodes: Vec<String> = idle.drain(..job.node_count).map(str::to_owned).collect();
                     out.placements.push(Placement { job: job.key, nodes, backfilled: true });
                 } else {
-                    let reason = if fits {
-                        format!("waits behind {head_key}: starting it now would delay that job's reserved start")
+                    let (class, reason) = if fits {
+                        (
+                            WaitClass::Reservation,
+                            format!("waits behind {head_key}: starting it now would delay that job's reserved start"),
+                        )
                     } else {
-                        format!(
+                        let reason = format!(
                             "needs {} idle {} nodes in cluster {}; {} idle (queued behind {head_key})",
                             job.node_count,
                             snapshot.vm_size,
                             snapshot.cluster,
                             idle.len()
-                        )
+                        );
+                        (WaitClass::NoIdleNodes, reason)
                     };
-                    out.pending.push(Pending { job: job.key, reason });
+                    out.pending.push(Pending { job: job.key, reason, class });
                 }
             }
         }

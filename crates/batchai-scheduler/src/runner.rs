@@ -14,7 +14,7 @@ use batchai_store::{JobError, JobOutcome, NodeRow, SchedCluster, SchedJob, Store
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::{Job, Node, NodeState, Snapshot, plan};
+use crate::{Job, Node, NodeState, Snapshot, WaitClass, plan};
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -62,6 +62,8 @@ pub trait Observer: Send + Sync {
     fn placed(&self, queued_secs: f64, backfilled: bool);
     /// A job that lost its nodes went back to the queue.
     fn requeued(&self);
+    /// After a pass: the queued jobs of every cluster the pass looked at, by why they wait.
+    fn pending(&self, counts: &[(WaitClass, usize)]);
 }
 
 struct NoObserver;
@@ -70,6 +72,7 @@ impl Observer for NoObserver {
     fn pass(&self, _: f64) {}
     fn placed(&self, _: f64, _: bool) {}
     fn requeued(&self) {}
+    fn pending(&self, _: &[(WaitClass, usize)]) {}
 }
 
 /// Handles to wake the loop and to tell the agent protocol that desired states changed.
@@ -141,12 +144,14 @@ async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Resu
     }
     changed |= !lost.is_empty();
     changed |= store.release_orphans(now).await? > 0;
+    let mut waiting: Vec<(WaitClass, usize)> = WaitClass::ALL.iter().map(|&c| (c, 0)).collect();
     for cluster in store.scheduling_clusters().await? {
         if cluster.deleting {
             continue;
         }
-        changed |= schedule_cluster(store, settings, signals, &cluster, now).await?;
+        changed |= schedule_cluster(store, settings, signals, &cluster, now, &mut waiting).await?;
     }
+    signals.observer.pending(&waiting);
     Ok(changed)
 }
 
@@ -193,6 +198,7 @@ async fn schedule_cluster(
     signals: &Signals,
     cluster: &SchedCluster,
     now: Millis,
+    waiting: &mut [(WaitClass, usize)],
 ) -> Result<bool, StoreError> {
     let Some(spec) = cluster.spec.clone().and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok()) else {
         return Ok(false);
@@ -259,7 +265,7 @@ async fn schedule_cluster(
     }
 
     // Placement.
-    changed |= place(store, signals, cluster, &nodes, &jobs, now).await?;
+    changed |= place(store, signals, cluster, &nodes, &jobs, now, waiting).await?;
     // The store leaves node counts to this pass (see its REFRESH_COUNTS); after placing, so
     // they include this pass's placements.
     store.refresh_cluster(&cluster.key, None, None, now).await?;
@@ -274,13 +280,20 @@ async fn place(
     nodes: &[NodeRow],
     jobs: &[SchedJob],
     now: Millis,
+    waiting: &mut [(WaitClass, usize)],
 ) -> Result<bool, StoreError> {
     let mut changed = false;
     let snapshot = snapshot(cluster, nodes, jobs, now);
     if snapshot.queue.is_empty() {
         return Ok(changed);
     }
-    let plan = plan(&snapshot).placements;
+    let plan = plan(&snapshot);
+    for p in &plan.pending {
+        if let Some(w) = waiting.iter_mut().find(|(c, _)| *c == p.class) {
+            w.1 += 1;
+        }
+    }
+    let plan = plan.placements;
     if plan.is_empty() {
         return Ok(changed);
     }

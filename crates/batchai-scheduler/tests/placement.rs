@@ -142,6 +142,10 @@ fn high_priority_goes_first_and_short_jobs_backfill() {
     assert_eq!(reasons["new-high"], "needs 2 idle STANDARD_NC6 nodes in cluster c1; 1 idle");
     assert!(reasons["old-normal"].contains("would delay"), "{}", reasons["old-normal"]);
     assert!(reasons["long"].contains("queued behind new-high"), "{}", reasons["long"]);
+    let classes: HashMap<_, _> = p.pending.iter().map(|p| (p.job.as_str(), p.class)).collect();
+    assert_eq!(classes["new-high"], WaitClass::NoIdleNodes);
+    assert_eq!(classes["old-normal"], WaitClass::Reservation);
+    assert_eq!(classes["long"], WaitClass::NoIdleNodes);
 }
 
 #[test]
@@ -156,6 +160,7 @@ fn jobs_larger_than_the_cluster_say_so() {
     let p = plan(&s);
     assert_eq!(p.placements.len(), 1, "a job that can never fit does not block the queue");
     assert_eq!(p.pending[0].reason, "needs 2 STANDARD_NC6 nodes in cluster c1; the cluster has 1 usable");
+    assert_eq!(p.pending[0].class, WaitClass::ClusterTooSmall);
 }
 
 #[test]

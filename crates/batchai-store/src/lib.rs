@@ -54,12 +54,22 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Connections of a store's pool: open ones, the idle among them, and the most it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    pub open: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
 /// The persistence interface. Implementations must be safe to share between tasks and, for
 /// Postgres, between processes.
 #[async_trait]
 pub trait Store: Fleet + Storage + Send + Sync + 'static {
     /// `"postgres"` or `"sqlite"`.
     fn backend(&self) -> &'static str;
+    /// The connection pool's use now (SQLite: its reader pool).
+    fn pool_use(&self) -> PoolUse;
     async fn ping(&self) -> Result<()>;
     /// Whether every migration this build has is applied to the database (a server started
     /// against a database another, newer or older, build migrated answers false).

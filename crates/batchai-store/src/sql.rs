@@ -293,6 +293,14 @@ macro_rules! sql_store {
                 $backend
             }
 
+            fn pool_use(&self) -> crate::PoolUse {
+                crate::PoolUse {
+                    open: self.pool.size(),
+                    idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+                    max: self.pool.options().get_max_connections(),
+                }
+            }
+
             async fn ping(&self) -> Result<()> {
                 sqlx::query("SELECT 1").execute(self.writer()).await?;
                 Ok(())

@@ -13,6 +13,7 @@ use common::{Db, SUB, name, new, rg, tree};
 mod both {
     suite!(
         meta_first_writer_wins,
+        pool_use_counts_connections,
         principals_and_tokens,
         insert_conflicts_and_parent_checks,
         lists_page_in_key_order_per_scope,
@@ -51,6 +52,14 @@ async fn meta_first_writer_wins(db: &Db) {
     assert_eq!(s.meta_get_or_insert("k", "second").await.unwrap(), "first");
     let other = db.open().await;
     assert_eq!(other.meta_get_or_insert("k", "third").await.unwrap(), "first");
+}
+
+async fn pool_use_counts_connections(db: &Db) {
+    let s = db.open().await;
+    s.ping().await.unwrap();
+    let used = s.pool_use();
+    assert!(used.max >= 1 && used.open >= 1 && used.open <= used.max, "{used:?}");
+    assert!(used.idle <= used.open, "{used:?}");
 }
 
 async fn principals_and_tokens(db: &Db) {

@@ -124,7 +124,8 @@ async fn a_running_job_shows_in_the_job_and_gpu_metrics_until_it_ends() {
         let bin = tempfile::tempdir().unwrap();
         common::farm::write_executable(
             &bin.path().join("nvidia-smi"),
-            "#!/bin/sh\necho '0, GPU-00000000-0000-0000-0000-000000000001, Test GPU, 16384'\n",
+            "#!/bin/sh\ncase \"$*\" in\n*utilization*) echo 'GPU-00000000-0000-0000-0000-000000000001, 37, 1024, 16384' ;;\n\
+             *) echo '0, GPU-00000000-0000-0000-0000-000000000001, Test GPU, 16384' ;;\nesac\n",
         );
         let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
         let port = common::free_port();
@@ -156,13 +157,44 @@ async fn a_running_job_shows_in_the_job_and_gpu_metrics_until_it_ends() {
         let gpu = r#"batchai_agent_gpu_job{gpu_uuid="GPU-00000000-0000-0000-0000-000000000001","#;
         assert!(agent.lines().any(|l| l.starts_with(gpu) && l.contains("metered") && l.ends_with(" 1")), "{agent}");
         assert!(agent.contains(r#"batchai_agent_process_start_duration_seconds_count{kind="process"} 1"#), "{agent}");
+        let gpu = r#"{gpu_uuid="GPU-00000000-0000-0000-0000-000000000001"}"#;
+        assert_eq!(sample(&agent, &format!("batchai_agent_gpu_utilization_ratio{gpu}")), Some(0.37), "{agent}");
+        assert_eq!(sample(&agent, &format!("batchai_agent_gpu_memory_used_bytes{gpu}")), Some(1073741824.0));
+        assert_eq!(sample(&agent, &format!("batchai_agent_gpu_memory_total_bytes{gpu}")), Some(17179869184.0));
+        assert!(sample(&text, "batchai_db_connections_max").is_some_and(|n| n >= 1.0), "{text}");
+
+        // A second job waits for the only node: the scheduler says why, by class.
+        let second = common::farm::submit(
+            &c,
+            &exp,
+            "second",
+            &common::farm::job_body(
+                "rg",
+                1,
+                serde_json::json!({
+            "customToolkitSettings": {"commandLine": "true"}}),
+            ),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sample(&scrape(&server_metrics).await, r#"batchai_pending_jobs{reason="no_idle_nodes"}"#) != Some(1.0) {
+            assert!(Instant::now() < deadline, "the queued job is not counted as waiting for idle nodes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
 
         std::fs::write(&go, "").unwrap();
         common::farm::succeeded(&c, &job).await;
+        common::farm::succeeded(&c, &second).await;
         // The agent counts the job ended when it has reported it; the server counts it at once.
         let text = scrape(&server_metrics).await;
         assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="running"}"#), None, "{text}");
-        assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="succeeded"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"batchai_jobs{priority="normal",state="succeeded"}"#), Some(2.0), "{text}");
+        assert_eq!(sample(&text, r#"batchai_job_run_seconds_count{outcome="succeeded"}"#), Some(2.0), "{text}");
+        let gpu_time = text
+            .lines()
+            .find(|l| l.starts_with("batchai_gpu_seconds_total{") && l.contains(r#"resource_group="rg""#))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+        assert!(gpu_time.is_some_and(|s| s > 0.0), "{text}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let agent = scrape(&agent_metrics).await;
