@@ -15,8 +15,9 @@
 //! A task the server still lists whose marker shows it started is resumed, never started twice:
 //! containers are found again by their labels and waited for (an agent killed with -9 leaves
 //! them running); host processes cannot be found again (the process runtime keeps no handle
-//! across a restart), so such a task is reported failed. On a clean shutdown the agent stops
-//! its tasks' processes, containers included.
+//! across a restart), so such a task is reported failed. On a clean shutdown (SIGTERM) the
+//! agent stops its tasks' processes, containers included, and tells the server it leaves
+//! (`/agent/v1/leave`): the server requeues the jobs at once, as for a lost node.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -50,6 +51,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How much longer than the asked wait a sync may take before it counts as lost.
 const SYNC_SLACK: Duration = Duration::from_secs(30);
+/// How long a shutting-down agent waits for the server to hear that it leaves.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// No `Debug`: it holds the join token.
 #[derive(Clone)]
@@ -207,8 +210,25 @@ pub async fn run_with_health(
         }
     };
     state.shutdown().await;
+    if result.is_ok() {
+        leave(&server, &identity.credential, &identity.node_id).await;
+    }
     tracing::info!("agent stopped");
     result
+}
+
+/// Tells the server this node is going away (its jobs were just stopped), so that it requeues
+/// them now rather than after its node timeout. Best effort: without it the timeout does it.
+async fn leave(server: &Server, credential: &str, node_id: &str) {
+    match server
+        .post::<_, serde_json::Value>("/agent/v1/leave", credential, &serde_json::json!({}), LEAVE_TIMEOUT)
+        .await
+    {
+        Ok(_) => tracing::info!(node.id = %node_id, "told the server this node is shutting down"),
+        Err(e) => {
+            tracing::warn!(node.id = %node_id, error = %e, "could not tell the server this node is shutting down")
+        }
+    }
 }
 
 /// The saved identity, or a fresh one from joining. `None` when shut down while joining.

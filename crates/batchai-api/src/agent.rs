@@ -39,7 +39,10 @@ use crate::{AppState, Error};
 const NODE_CREDENTIAL_PREFIX: &str = "bai_node_";
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/agent/v1/join", post(join)).route("/agent/v1/sync", post(sync))
+    Router::new()
+        .route("/agent/v1/join", post(join))
+        .route("/agent/v1/sync", post(sync))
+        .route("/agent/v1/leave", post(leave))
 }
 
 /// Long polls waiting per node, woken when that node's desired state changes.
@@ -203,6 +206,20 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
         woken.as_mut().enable();
         node = state.store.get_node(&node.id).await?.unwrap_or(node);
     }
+}
+
+/// The node's agent is shutting down (SIGTERM) and has stopped its job: the scheduler's next
+/// pass, woken now, marks the node unusable and requeues the job (within its requeue budget)
+/// instead of waiting for `node_timeout_secs`. The node is prepared anew when it syncs again.
+async fn leave(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, Error> {
+    let credential = bearer(&headers).ok_or_else(|| unauthorized("A node credential is required."))?;
+    let Some(node) = state.store.node_by_credential(&hash_secret(credential)).await? else {
+        return Err(unauthorized("The node credential is unknown (was the node removed?)."));
+    };
+    let left = state.store.node_left(&node.id, now_millis()).await?;
+    tracing::info!(node.id = %node.id, job.id = ?node.job_key, left, "node shutting down");
+    state.scheduler.wake.notify_one();
+    Ok(Json(serde_json::json!({"left": left})))
 }
 
 /// The writing half of a sync: facts, heartbeat, setup and task reports. Returns the node as

@@ -239,6 +239,8 @@ fn route_class(path: &str) -> &'static str {
                 "agent_sync"
             } else if has("storage") {
                 "agent_storage"
+            } else if has("leave") {
+                "agent_leave"
             } else {
                 "agent_join"
             };
@@ -343,6 +345,7 @@ mod tests {
         );
         assert_eq!(route_class("/subscriptions/s/resourcegroups/rg"), "resourcegroups");
         assert_eq!(route_class("/agent/v1/sync"), "agent_sync");
+        assert_eq!(route_class("/agent/v1/leave"), "agent_leave");
         assert_eq!(route_class("/adfs/oauth2/token"), "token");
         assert_eq!(route_class("/tenant/oauth2/v2.0/token"), "token");
         assert_eq!(route_class("/files/a/b?sig=x"), "files_download");

@@ -133,11 +133,12 @@ async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Resu
     let mut changed = false;
     let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
     for node in &lost {
-        tracing::warn!(node.id = %node.id, "node stopped responding; marked unusable");
+        let what = if node.left { "was shut down" } else { "stopped responding" };
+        tracing::warn!(node.id = %node.id, "node {what}; marked unusable until it syncs again");
         if let (Some((job, epoch)), Some(cluster)) = (&node.job, &node.cluster_key) {
             let jobs = store.cluster_jobs(cluster, 0).await?;
             if let Some(j) = jobs.iter().find(|j| &j.key == job && j.epoch == *epoch) {
-                let why = format!("node {} stopped responding while running the job", node.id);
+                let why = format!("node {} {what} while running the job", node.id);
                 requeue_or_fail(store, signals, j, settings.max_requeues, &why, now).await?;
             }
         }

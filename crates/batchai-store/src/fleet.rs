@@ -110,6 +110,8 @@ pub struct LostNode {
     pub id: String,
     pub cluster_key: Option<String>,
     pub job: Option<(String, i64)>,
+    /// It said it was shutting down ([`Fleet::node_left`]) rather than falling silent.
+    pub left: bool,
 }
 
 /// Node and placement persistence (a supertrait of [`crate::Store`]).
@@ -186,6 +188,9 @@ pub trait Fleet: Send + Sync {
     async fn requeue_job(&self, job_key: &str, epoch: i64, now: Millis) -> Result<bool>;
     /// Nodes silent since before `deadline` become unusable; returns them with what they held.
     async fn mark_lost(&self, deadline: Millis, now: Millis) -> Result<Vec<LostNode>>;
+    /// The node's agent is shutting down: [`Fleet::mark_lost`] takes it at once, whatever its
+    /// last heartbeat. False for an unknown or already lost node.
+    async fn node_left(&self, id: &str, now: Millis) -> Result<bool>;
     /// Frees nodes whose cluster is gone and nodes holding a job that is gone or over.
     async fn release_orphans(&self, now: Millis) -> Result<u64>;
     /// Recounts a cluster's nodes; sets its allocation state and errors when given.
@@ -799,8 +804,8 @@ macro_rules! fleet_store {
             async fn mark_lost(&self, deadline: Millis, now: Millis) -> Result<Vec<LostNode>> {
                 let mut tx = self.writer().begin_with($begin).await?;
                 let rows = sqlx::query(concat!(
-                    "SELECT id, cluster_key, job_key, job_epoch FROM nodes ",
-                    "WHERE last_seen < $1 AND lost_at IS NULL ORDER BY id",
+                    "SELECT id, cluster_key, job_key, job_epoch, left_at FROM nodes ",
+                    "WHERE (last_seen < $1 OR left_at IS NOT NULL) AND lost_at IS NULL ORDER BY id",
                     $skip_locked
                 ))
                 .bind(deadline)
@@ -810,8 +815,8 @@ macro_rules! fleet_store {
                 for r in &rows {
                     let id: String = r.try_get("id")?;
                     sqlx::query(
-                        "UPDATE nodes SET state = 'unusable', lost_at = $2, job_key = NULL, job_epoch = NULL, \
-                         changed_at = $2 WHERE id = $1",
+                        "UPDATE nodes SET state = 'unusable', lost_at = $2, left_at = NULL, job_key = NULL, \
+                         job_epoch = NULL, changed_at = $2 WHERE id = $1",
                     )
                     .bind(&id)
                     .bind(now)
@@ -819,7 +824,13 @@ macro_rules! fleet_store {
                     .await?;
                     let job_key: Option<String> = r.try_get("job_key")?;
                     let job_epoch: Option<i64> = r.try_get("job_epoch")?;
-                    lost.push(LostNode { id, cluster_key: r.try_get("cluster_key")?, job: job_key.zip(job_epoch) });
+                    let left_at: Option<i64> = r.try_get("left_at")?;
+                    lost.push(LostNode {
+                        id,
+                        cluster_key: r.try_get("cluster_key")?,
+                        job: job_key.zip(job_epoch),
+                        left: left_at.is_some(),
+                    });
                 }
                 let mut clusters: Vec<&String> = lost.iter().filter_map(|l| l.cluster_key.as_ref()).collect();
                 clusters.sort();
@@ -829,6 +840,15 @@ macro_rules! fleet_store {
                 }
                 tx.commit().await?;
                 Ok(lost)
+            }
+
+            async fn node_left(&self, id: &str, now: Millis) -> Result<bool> {
+                let done = sqlx::query("UPDATE nodes SET left_at = $2 WHERE id = $1 AND lost_at IS NULL")
+                    .bind(id)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn release_orphans(&self, now: Millis) -> Result<u64> {

@@ -219,13 +219,26 @@ async fn lost_nodes_come_back_through_preparation(db: &Db) {
     let lost = s.mark_lost(6_000, 9_000).await.unwrap();
     assert_eq!(
         lost,
-        vec![LostNode { id: "n1".into(), cluster_key: Some(cl.clone()), job: Some((jobs[0].clone(), epoch)) }]
+        vec![LostNode {
+            id: "n1".into(),
+            cluster_key: Some(cl.clone()),
+            job: Some((jobs[0].clone(), epoch)),
+            left: false
+        }]
     );
     assert!(s.mark_lost(6_000, 9_001).await.unwrap().is_empty(), "lost once");
+    assert!(!s.node_left("n1", 9_100).await.unwrap(), "a lost node cannot leave");
     assert_eq!(counts(s.as_ref(), &cl).await.unusable_node_count, 1);
     let back = s.heartbeat("n1", 9_500).await.unwrap().unwrap();
     assert_eq!((back.state, back.lost_at, back.job_key), (NodeState::Preparing, None, None));
     assert!(back.alloc_epoch > before.alloc_epoch, "prepared anew");
+
+    // A node that says it leaves is lost at once, however recent its heartbeat, and once.
+    assert!(s.node_left("n1", 9_600).await.unwrap());
+    let left = s.mark_lost(0, 9_700).await.unwrap();
+    assert_eq!(left, vec![LostNode { id: "n1".into(), cluster_key: Some(cl.clone()), job: None, left: true }]);
+    assert!(s.mark_lost(0, 9_800).await.unwrap().is_empty(), "left once");
+    assert!(!s.node_left("unknown", 9_900).await.unwrap());
 }
 
 async fn nodes_of_deleted_clusters_and_jobs_are_freed(db: &Db) {

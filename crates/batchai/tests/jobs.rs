@@ -180,3 +180,45 @@ async fn remote_logins(c: &common::Client, path: &str) -> Vec<Value> {
     assert_eq!(r.status, 200, "{}", r.text);
     r.body["value"].as_array().expect("value").clone()
 }
+
+/// SIGTERM to an agent (an upgrade, a drained machine): it stops its job and says it leaves, so
+/// the job is requeued at once (the node timeout here is an hour), and runs again when the
+/// node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminated_agent_hands_its_job_back() {
+    for backend in backends() {
+        let mut env = env();
+        env.retain(|(k, _)| k != "BATCHAI_NODE_TIMEOUT_SECS");
+        env.push(("BATCHAI_NODE_TIMEOUT_SECS".into(), "3600".into()));
+        let server = start(backend, env.clone());
+        let mut agent = Agent::start(&server, &env);
+        let c = server.client();
+        let exp = farm(&c, "leave", 1).await;
+        let cmd = "echo run >> $AZ_BATCHAI_MOUNT_ROOT/afs/attempts; \
+                   n=$(wc -l < $AZ_BATCHAI_MOUNT_ROOT/afs/attempts); if [ $n -eq 1 ]; then sleep 600; fi; echo done";
+        let job = submit(
+            &c,
+            &exp,
+            "handed-back",
+            &job_body("leave", 1, json!({"customToolkitSettings": {"commandLine": cmd}})),
+        )
+        .await;
+        let share = server.data_dir.join("storage/acct/share/attempts");
+        eventually("the job to start", || std::fs::read_to_string(&share).ok().filter(|t| !t.is_empty())).await;
+
+        assert!(agent.terminate().success(), "a clean shutdown exits 0");
+        let queued = wait_for(&c, &job, "requeued", |b| b["properties"]["executionState"] == "queued").await;
+        assert!(queued["properties"]["executionInfo"]["errors"].is_null(), "{queued}");
+        let ws = Server::bai("leave", "workspaces/ws");
+        wait_for(&c, &format!("{ws}/clusters/c1"), "the node counted unusable", |b| {
+            b["properties"]["nodeStateCounts"]["unusableNodeCount"] == 1
+        })
+        .await;
+
+        agent.restart(&server, &env);
+        let done = finished(&c, &job).await;
+        assert_eq!(done["properties"]["executionState"], "succeeded", "{done}");
+        assert_eq!(std::fs::read_to_string(&share).expect("attempts"), "run\nrun\n");
+        assert_eq!(output(&c, &job, "stdouterr", "stdout.txt").await, "done\n");
+    }
+}

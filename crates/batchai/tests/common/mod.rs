@@ -336,6 +336,13 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, as systemd, Docker and Kubernetes stop it; waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let term = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(term.success(), "kill -TERM failed");
+        self.child.wait().expect("the agent exits")
+    }
+
     /// Starts the agent again on its data dir (it has joined: no token), after a [`Agent::kill`].
     pub fn restart(&mut self, server: &Server, env: &[(String, String)]) {
         self.child = Self::spawn(&server.http, &self.data_dir, None, env);
