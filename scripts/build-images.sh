@@ -10,6 +10,7 @@
 #                                    buildx, or Debian's docker.io CLI with DOCKER_BUILDKIT=1):
 #     batchai/debian:bookworm  a debootstrap (minbase) standing in for debian:bookworm-slim
 #     batchai/postgres:latest  PostgreSQL from Debian's packages (deploy/images/postgres)
+#     batchai/prometheus:latest  Prometheus from Debian's packages (deploy/images/prometheus)
 #     batchai/server:latest, batchai/agent:latest   (deploy/images/batchai) holding the binary
 #                              $BATCHAI_BIN (default: $CARGO_TARGET_DIR/release/batchai)
 #
@@ -111,15 +112,17 @@ farm_images() {
     fi
     local base=(--build-arg BASE_IMAGE=batchai/debian:bookworm)
 
-    local postgres_inputs
-    postgres_inputs=$( (echo "$debian_inputs"; cat "$root"/deploy/images/postgres/*) | sha256sum | cut -c1-16)
-    if current batchai/postgres:latest "$postgres_inputs"; then
-        echo "batchai/postgres:latest is current"
-    else
-        "${buildkit[@]}" -q "${base[@]}" --label "io.batchai.inputs=$postgres_inputs" -t batchai/postgres:latest \
-            "$root/deploy/images/postgres" >/dev/null
-        echo "built batchai/postgres:latest"
-    fi
+    local name inputs
+    for name in postgres prometheus; do
+        inputs=$( (echo "$debian_inputs"; cat "$root/deploy/images/$name"/*) | sha256sum | cut -c1-16)
+        if current "batchai/$name:latest" "$inputs"; then
+            echo "batchai/$name:latest is current"
+        else
+            "${buildkit[@]}" -q "${base[@]}" --label "io.batchai.inputs=$inputs" -t "batchai/$name:latest" \
+                "$root/deploy/images/$name" >/dev/null
+            echo "built batchai/$name:latest"
+        fi
+    done
 
     # The build context holds the binary only (BINARY=context).
     local batchai_inputs target

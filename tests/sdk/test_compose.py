@@ -2,7 +2,9 @@
 images scripts/build-images.sh builds without a registry (`farm`), then the SDK against the
 published ports: a file uploaded through the Files endpoint is read by a job that the agent runs
 in a container of the host's engine, and the job's output comes back through listOutputFiles
-and the Files endpoint. A restart of the server container loses nothing.
+and the Files endpoint. A restart of the server container loses nothing. The `monitoring`
+profile's Prometheus (from Debian's packages) scrapes the server and the agent and loads the
+alert rules (its Grafana has no image without a registry).
 
 Needs Docker, docker-compose (or `docker compose`) and the images batchai/{postgres,server,agent}
 and batchai/busybox; without them the module is skipped, except under CI.
@@ -55,7 +57,7 @@ class ComposeFarm:
         self.cmd = compose_command()
         self.project = f"batchai-test-{uuid.uuid4().hex[:8]}"
         self.dir = tmp
-        self.port, self.files_port = free_port(), free_port()
+        self.port, self.files_port, self.prometheus_port = free_port(), free_port(), free_port()
         settings = {
             "BATCHAI_POSTGRES_PASSWORD": uuid.uuid4().hex,
             "BATCHAI_JOIN_TOKEN": f"bai_join_{uuid.uuid4().hex}",
@@ -66,6 +68,8 @@ class ComposeFarm:
             "BATCHAI_AGENT_DIR": os.path.join(tmp, "agent"),
             "BATCHAI_PORT": str(self.port),
             "BATCHAI_FILES_PORT": str(self.files_port),
+            "BATCHAI_PROMETHEUS_IMAGE": "batchai/prometheus:latest",
+            "BATCHAI_PROMETHEUS_PORT": str(self.prometheus_port),
         }
         # An env file of its own, so that a developer's .env beside the compose file is not read.
         self.env_file = os.path.join(tmp, "compose.env")
@@ -73,11 +77,12 @@ class ComposeFarm:
             f.writelines(f"{k}={v}\n" for k, v in settings.items())
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHAI_")}
 
-    def run(self, *args, check=True, timeout=300, stdin=None):
-        cp = subprocess.run(
-            self.cmd + ["--project-name", self.project, "--project-directory", REPO_ROOT, "--env-file",
-                        self.env_file, "-f", os.path.join(REPO_ROOT, "docker-compose.yml"), *args],
-            capture_output=True, text=True, timeout=timeout, env=self.env, input=stdin)
+    def command(self, *args):
+        return self.cmd + ["--project-name", self.project, "--project-directory", REPO_ROOT, "--env-file",
+                           self.env_file, "-f", os.path.join(REPO_ROOT, "docker-compose.yml"), *args]
+
+    def run(self, *args, check=True, timeout=300):
+        cp = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout, env=self.env)
         if check and cp.returncode != 0:
             raise AssertionError(f"compose {' '.join(args)} failed ({cp.returncode}):\n{cp.stdout}\n{cp.stderr}"
                                  f"\n{self.diagnostics()}")
@@ -109,11 +114,8 @@ class ComposeFarm:
         assert "agent" in running, f"the agent container is not running\n{self.diagnostics()}"
 
     def diagnostics(self):
-        cp = subprocess.run(self.cmd + ["--project-name", self.project, "--project-directory", REPO_ROOT,
-                                        "--env-file", self.env_file, "-f",
-                                        os.path.join(REPO_ROOT, "docker-compose.yml"), "logs", "--no-color",
-                                        "--tail", "40"],
-                            capture_output=True, text=True, timeout=120, env=self.env)
+        cp = subprocess.run(self.command("logs", "--no-color", "--tail", "40"), capture_output=True, text=True,
+                            timeout=120, env=self.env)
         return f"compose logs:\n{cp.stdout[-8000:]}{cp.stderr[-2000:]}"
 
     def down(self):
@@ -133,7 +135,10 @@ def compose(tmp_path_factory):
     farm = ComposeFarm(str(tmp_path_factory.mktemp("compose")))
     try:
         farm.up()
-        env = read_env_file_text(farm.exec("server", "cat", "/var/lib/batchai/bootstrap.env"))
+        bootstrap = os.path.join(farm.dir, "bootstrap.env")
+        with open(bootstrap, "w") as f:
+            f.write(farm.exec("server", "cat", "/var/lib/batchai/bootstrap.env"))
+        env = read_env_file(bootstrap)
         farm.ca = os.path.join(farm.dir, "ca.pem")
         with open(farm.ca, "w") as f:
             f.write(farm.exec("server", "cat", "/var/lib/batchai/tls/ca.pem"))
@@ -142,16 +147,6 @@ def compose(tmp_path_factory):
         yield farm
     finally:
         farm.down()
-
-
-def read_env_file_text(text):
-    path = os.path.join("/tmp", f"bootstrap-{uuid.uuid4().hex}.env")
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-        return read_env_file(path)
-    finally:
-        os.unlink(path)
 
 
 def test_compose_farm_runs_a_job_on_a_share_and_survives_a_server_restart(compose):
@@ -226,3 +221,30 @@ def test_compose_farm_runs_a_job_on_a_share_and_survives_a_server_restart(compos
                  if line.startswith("batchai_jobs{") and 'state="succeeded"' in line]
     assert [float(line.rsplit(" ", 1)[1]) for line in succeeded] == [1.0], succeeded
     wait(bai.clusters.delete(rg, ws, cluster))
+
+
+def test_compose_prometheus_scrapes_the_server_and_the_agent(compose):
+    require_image("batchai/prometheus:latest")
+    # Named, a service of a profile starts without the profile (depends_on: server, up already).
+    compose.run("up", "-d", "--no-build", "prometheus")
+    api = f"http://127.0.0.1:{compose.prometheus_port}/api/v1"
+    # Scrapes every 15 s: the deadline only fails the test.
+    end = time.monotonic() + 120
+    health = {}
+    while True:
+        try:
+            targets = requests.get(f"{api}/targets", timeout=10).json()["data"]["activeTargets"]
+            health = {t["labels"]["job"]: (t["health"], t.get("lastError")) for t in targets}
+        except (requests.ConnectionError, ValueError, KeyError):
+            pass
+        if health.get("batchai-server", ("",))[0] == "up" and health.get("batchai-agent", ("",))[0] == "up":
+            break
+        assert time.monotonic() < end, f"targets not up: {health}\n{compose.diagnostics()}"
+        time.sleep(STATE_POLL_S * 4)
+    rules = requests.get(f"{api}/rules", timeout=10).json()["data"]["groups"]
+    names = {r["name"] for g in rules for r in g["rules"]}
+    assert {"BatchAIServerDown", "BatchAINodeUnusable", "BatchAIQueueStalled"} <= names, names
+    # The server's series, with the TLS the compose file sets up (the server's generated CA).
+    result = requests.get(f"{api}/query", params={"query": 'batchai_db_connections_max{job="batchai-server"}'},
+                          timeout=10).json()["data"]["result"]
+    assert result and float(result[0]["value"][1]) >= 1, result

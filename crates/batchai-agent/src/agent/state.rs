@@ -353,9 +353,12 @@ impl State {
         let handle = tokio::spawn(async move {
             let (job, epoch) = (assignment.job.clone(), assignment.epoch);
             let tx = reports.clone();
-            let run = tokio::spawn(async move {
-                executor::execute(&node, runtime.as_ref(), &assignment, launch, stop_rx, tx).await
-            });
+            // Every line the task logs (the runtime's, the mounts', staging's) names the job.
+            let span = tracing::info_span!("task", job.id = %assignment.id, epoch = assignment.epoch);
+            let run = tokio::spawn(tracing::Instrument::instrument(
+                async move { executor::execute(&node, runtime.as_ref(), &assignment, launch, stop_rx, tx).await },
+                span,
+            ));
             if let Err(e) = run.await {
                 tracing::error!(job.id = %job, error = %e, "task executor failed");
                 let error = TaskError { code: JOB_FAILED.to_owned(), message: format!("the node agent failed: {e}") };
@@ -419,7 +422,11 @@ impl State {
         let (stop, stop_rx) = watch::channel(false);
         let (runtime, reports, epoch) = (self.runtime.clone(), self.setup_reports.clone(), cluster.alloc_epoch);
         let handle = tokio::spawn(async move {
-            let run = tokio::spawn(async move { setup::prepare(&ctx, runtime.as_ref(), &cluster, stop_rx).await });
+            let span = tracing::info_span!("setup", cluster.id = %cluster.id, alloc_epoch = cluster.alloc_epoch);
+            let run = tokio::spawn(tracing::Instrument::instrument(
+                async move { setup::prepare(&ctx, runtime.as_ref(), &cluster, stop_rx).await },
+                span,
+            ));
             let report = run.await.unwrap_or_else(|e| SetupReport {
                 alloc_epoch: epoch,
                 error: Some(format!("the node agent failed while setting up the node: {e}")),
