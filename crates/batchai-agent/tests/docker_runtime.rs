@@ -198,7 +198,10 @@ async fn a_container_job_sees_its_env_and_mounts_and_reports_its_exit_code() {
 async fn logs_are_written_while_the_job_runs_and_a_stop_ends_it_gracefully() {
     let Some(runtime) = docker(DockerConfig::default()).await else { return };
     let dir = tempfile::tempdir().unwrap();
-    let node = node(dir.path(), "node-stop");
+    let mut node = node(dir.path(), "node-stop");
+    // The trap runs within a tenth of a second; a grace the job could overrun on a loaded
+    // machine would end it with SIGKILL before it wrote its last line.
+    node.stop_grace = Duration::from_secs(60);
     let t = task(json!({"customToolkitSettings": {"commandLine":
         "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 0.1; done"}}));
     let run = spawn_until(&runtime, &node, &t, "started\n").await;
