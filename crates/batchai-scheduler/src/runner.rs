@@ -134,7 +134,11 @@ async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Resu
     let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
     for node in &lost {
         let what = if node.left { "was shut down" } else { "stopped responding" };
-        tracing::warn!(node.id = %node.id, "node {what}; marked unusable until it syncs again");
+        if node.left {
+            tracing::info!(node.id = %node.id, "node {what}; marked unusable until it syncs again");
+        } else {
+            tracing::warn!(node.id = %node.id, "node {what}; marked unusable until it syncs again");
+        }
         if let (Some((job, epoch)), Some(cluster)) = (&node.job, &node.cluster_key) {
             let jobs = store.cluster_jobs(cluster, 0).await?;
             if let Some(j) = jobs.iter().find(|j| &j.key == job && j.epoch == *epoch) {

@@ -117,7 +117,9 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
             if let Some(f) = &files {
                 env.push_str(&dev_storage_env(f).await?);
             }
-            Some(start_dev_agent(&state, &cfg, &data_dir, url, env, stop_rx.clone()).await?)
+            // Stopped first, while the server still answers, so it can hand its jobs back.
+            let (agent_stop, agent_stop_rx) = watch::channel(false);
+            Some((start_dev_agent(&state, &cfg, &data_dir, url, env, agent_stop_rx).await?, agent_stop))
         }
         _ => None,
     };
@@ -129,6 +131,10 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    if let Some((task, stop)) = agent {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     let _ = stop_tx.send(true);
     handle.graceful_shutdown(Some(Duration::from_secs(10)));
     let _ = https_task.await;
@@ -141,9 +147,6 @@ pub async fn run(mut cfg: Config, dev: bool) -> anyhow::Result<()> {
     }
     for task in [runner, scheduler, watcher] {
         let _ = task.await;
-    }
-    if let Some(a) = agent {
-        let _ = a.await;
     }
     Ok(())
 }
