@@ -4,8 +4,9 @@
 //! answers what the node must run; the agent acts on the answer and syncs again at once. The
 //! server holds a sync up to `wait_ms` while nothing changes (a long poll), so the agent asks
 //! for no wait whenever it has news to report, and a local change (a task's phase, a finished
-//! setup) cuts a waiting sync short: the request races the executors' report channels and is
-//! dropped for a fresh one when a report changes something. Repeating a sync is harmless.
+//! setup) cuts a waiting sync short: the request races the executors' report channels and a
+//! long poll is dropped for a fresh sync when a report changes something (one that does not
+//! wait is let finish; the news follows at once). Repeating a sync is harmless.
 //!
 //! State on disk, under `data_dir`: `node.json` (the node's id and credential, 0600),
 //! `setup.json` (the last setup outcome, so a restart does not re-run the setup task),
@@ -161,6 +162,22 @@ pub async fn run_with_health(
     let mut backoff = BACKOFF_FIRST;
     let result = loop {
         events.drain(&mut state);
+        if let Some(until) = state.settle_until {
+            loop {
+                tokio::select! {
+                    biased;
+                    () = stopped(&mut shutdown) => break,
+                    Some(r) = events.tasks.recv() => {
+                        state.on_task_report(r);
+                        if state.settle_until.is_none() {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            }
+            state.settle_until = None;
+        }
         let was_urgent = std::mem::take(&mut state.urgent);
         let wait = if was_urgent { Duration::ZERO } else { cfg.sync_wait };
         let request = state.request(wait);
@@ -172,8 +189,11 @@ pub async fn run_with_health(
                 tokio::select! {
                     biased;
                     () = stopped(&mut shutdown) => break None,
-                    Some(r) = events.tasks.recv() => if state.on_task_report(r) { break Some(None) },
-                    Some(r) = events.setup.recv() => if state.on_setup_report(r) { break Some(None) },
+                    // A long poll is cut short to report at once; a sync that does not wait
+                    // is let finish (dropping it would cost its connection and the server
+                    // its work), and the news goes in the next one, sent straight after.
+                    Some(r) = events.tasks.recv() => if state.on_task_report(r) && !wait.is_zero() { break Some(None) },
+                    Some(r) = events.setup.recv() => if state.on_setup_report(r) && !wait.is_zero() { break Some(None) },
                     response = &mut call => break Some(Some(response)),
                 }
             }

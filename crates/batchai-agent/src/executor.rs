@@ -172,9 +172,12 @@ pub async fn execute(
         // The outputs did not reach the server: as lost as a failed write to a shared disk.
         end = End::failed(JOB_FAILED, format!("the job's outputs could not be uploaded to the server: {e}"));
     }
-    // The job's own mounts end with it.
+    // The job's own mounts end with it (a job without volumes has none: no need to read the
+    // node's mount table).
     let job_mount_root = node.job_temp_root().join(job_name(&task.id)).join("mounts");
-    if let Err(e) = blocking(move || crate::setup::unmount_all(&job_mount_root)).await {
+    if task.spec.mount_volumes.is_some()
+        && let Err(e) = blocking(move || crate::setup::unmount_all(&job_mount_root)).await
+    {
         tracing::warn!(job.id = %task.id, error = %e, "cannot take down the job's mounts");
     }
     tracing::info!(job.id = %task.id, epoch = task.epoch, exit_code = ?end.exit_code, error = ?end.error, "task exited");

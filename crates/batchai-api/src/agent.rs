@@ -45,12 +45,32 @@ pub fn routes() -> Router<AppState> {
         .route("/agent/v1/leave", post(leave))
 }
 
-/// Long polls waiting per node, woken when that node's desired state changes.
+/// What the agent protocol keeps in memory per node: its long polls, woken when its desired
+/// state changes, and what it reads on every sync but rarely changes.
 #[derive(Default)]
 pub struct Waiters {
     by_node: Mutex<HashMap<String, Arc<Notify>>>,
     /// The last `changed_at` seen per node, so a node is woken once per change.
     seen: Mutex<HashMap<String, Millis>>,
+    /// Node ids by credential hash, learnt on a node's first sync: a sync must subscribe to
+    /// its node's changes before the heartbeat reads the node (see [`sync`]), and a credential
+    /// never changes node. Only a hint: the heartbeat still checks the credential.
+    ids: Mutex<HashMap<String, String>>,
+    /// The cluster each node is allocated to, read once per allocation (see [`desired`]).
+    clusters: Mutex<HashMap<String, AllocatedCluster>>,
+    /// The task each node was last given, read once per placement (see [`desired`]).
+    tasks: Mutex<HashMap<String, TaskAssignment>>,
+}
+
+/// A node's cluster as its allocation began. After creation only a cluster's `scaleSettings`
+/// can change, which agents do not use; a cluster deleted and created again is another
+/// allocation (a new `alloc_epoch`), so an entry is only used for the allocation it was read in.
+#[derive(Clone)]
+struct AllocatedCluster {
+    key: String,
+    alloc_epoch: i64,
+    id: String,
+    spec: ClusterSpec,
 }
 
 impl Waiters {
@@ -119,6 +139,10 @@ fn unauthorized(msg: &str) -> Error {
     ApiError::new(batchai_core::ErrorCode::AuthenticationFailed, msg).into()
 }
 
+fn unknown_credential() -> Error {
+    unauthorized("The node credential is unknown (was the node removed?).")
+}
+
 /// The facts as stored, with warnings where the node is smaller than a size it claims.
 fn facts_row(sizes: &vm_sizes::Catalogue, f: &NodeFacts) -> (NodeFactsRow, Vec<String>) {
     let mut warnings = Vec::new();
@@ -174,26 +198,36 @@ async fn join(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
 
 async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<SyncResponse>, Error> {
     let credential = bearer(&headers).ok_or_else(|| unauthorized("A node credential is required."))?;
-    let Some(node) = state.store.node_by_credential(&hash_secret(credential)).await? else {
-        return Err(unauthorized("The node credential is unknown (was the node removed?)."));
+    let credential = hash_secret(credential);
+    let known = state.waiters.ids.lock().unwrap_or_else(|e| e.into_inner()).get(&credential).cloned();
+    let node_id = match known {
+        Some(id) => id,
+        None => {
+            let Some(node) = state.store.node_by_credential(&credential).await? else {
+                return Err(unknown_credential());
+            };
+            state.waiters.ids.lock().unwrap_or_else(|e| e.into_inner()).insert(credential.clone(), node.id.clone());
+            node.id
+        }
     };
     let body = crate::arm::read_body(&state, &Method::POST, &headers, body).await?;
     let req: SyncRequest = batchai_core::validate::parse_json(&body, "")?;
-    // Subscribed before the node is read, so a change committed after that read wakes the
-    // wait below instead of being missed.
-    let notify = state.waiters.notify_for(&node.id);
+    // Subscribed before the heartbeat reads the node, so a change committed after that read
+    // wakes the wait below instead of being missed.
+    let notify = state.waiters.notify_for(&node_id);
     let woken = notify.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
     // Reports are applied to completion even if the agent drops the request (it does, to
     // report something new at once): a write cancelled inside a transaction could hand its
     // connection back mid-transaction. Only the wait below is cancellable.
-    let (mut node, req) =
-        tokio::spawn(apply_sync(state.clone(), node, req)).await.map_err(|_| Error::from(ApiError::internal()))??;
+    let (mut node, req) = tokio::spawn(apply_sync(state.clone(), credential, req))
+        .await
+        .map_err(|_| Error::from(ApiError::internal()))??;
     let wait = Duration::from_millis(req.wait_ms).min(state.settings.agent_max_wait);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let res = desired(state.store.as_ref(), &node).await?;
+        let res = desired(state.store.as_ref(), &state.waiters, &node).await?;
         if req.known.as_deref() != Some(res.version.as_str()) || tokio::time::Instant::now() >= deadline {
             return Ok(Json(res));
         }
@@ -214,7 +248,7 @@ async fn sync(State(state): State<AppState>, headers: HeaderMap, body: Body) -> 
 async fn leave(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<serde_json::Value>, Error> {
     let credential = bearer(&headers).ok_or_else(|| unauthorized("A node credential is required."))?;
     let Some(node) = state.store.node_by_credential(&hash_secret(credential)).await? else {
-        return Err(unauthorized("The node credential is unknown (was the node removed?)."));
+        return Err(unknown_credential());
     };
     let left = state.store.node_left(&node.id, now_millis()).await?;
     tracing::info!(node.id = %node.id, job.id = ?node.job_key, left, "node shutting down");
@@ -222,17 +256,17 @@ async fn leave(State(state): State<AppState>, headers: HeaderMap) -> Result<Json
     Ok(Json(serde_json::json!({"left": left})))
 }
 
-/// The writing half of a sync: facts, heartbeat, setup and task reports. Returns the node as
+/// The writing half of a sync: heartbeat, facts, setup and task reports. Returns the node as
 /// it is afterwards.
-async fn apply_sync(state: AppState, node: NodeRow, req: SyncRequest) -> Result<(NodeRow, SyncRequest), Error> {
+async fn apply_sync(state: AppState, credential: String, req: SyncRequest) -> Result<(NodeRow, SyncRequest), Error> {
     let now = now_millis();
+    let Some(mut node) = state.store.heartbeat(&credential, now).await? else {
+        return Err(unknown_credential());
+    };
     if let Some(f) = &req.facts {
         let (row, _) = facts_row(&state.settings.vm_sizes, f);
         state.store.update_node_facts(&node.id, &row, now).await?;
     }
-    let Some(mut node) = state.store.heartbeat(&node.id, now).await? else {
-        return Err(unauthorized("The node was removed."));
-    };
     let mut woke_scheduler = false;
     // Agents resend their last setup report on every sync; only one for the allocation being
     // prepared can change anything.
@@ -285,10 +319,13 @@ async fn apply_report(state: &AppState, node: &NodeRow, t: &TaskReport) -> Resul
             let gpus = placement.iter().map(|p| i64::from(p.gpus.max(0))).sum();
             state.metrics.job_ended(&row.arm_id, end.state.as_str(), (now - start).max(0) as f64 / 1000.0, gpus);
         }
-        // Its other nodes must stop now: stamped for other servers, woken here at once.
-        state.store.touch_job_nodes(&t.job, now).await?;
-        for p in &placement {
-            state.waiters.wake(&p.node_id);
+        // Its other nodes must stop now: stamped for other servers, woken here at once. (The
+        // reporting node learns it from the answer to this sync.)
+        if placement.iter().any(|p| p.node_id != node.id) {
+            state.store.touch_job_nodes(&t.job, now).await?;
+            for p in &placement {
+                state.waiters.wake(&p.node_id);
+            }
         }
         return Ok(true);
     }
@@ -320,50 +357,82 @@ async fn file_server_exports(
     Ok(out)
 }
 
+/// The cluster `node` is allocated to, from memory after the first read of the allocation.
+async fn allocated_cluster(
+    store: &dyn Store,
+    waiters: &Waiters,
+    node: &NodeRow,
+) -> Result<Option<AllocatedCluster>, StoreError> {
+    let Some(key) = &node.cluster_key else { return Ok(None) };
+    let known = waiters.clusters.lock().unwrap_or_else(|e| e.into_inner()).get(&node.id).cloned();
+    if let Some(c) = known.filter(|c| &c.key == key && c.alloc_epoch == node.alloc_epoch) {
+        return Ok(Some(c));
+    }
+    let Some(row) = store.get_resource(key).await? else { return Ok(None) };
+    let Some(spec) = row.spec.and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok()) else { return Ok(None) };
+    let c = AllocatedCluster { key: key.clone(), alloc_epoch: node.alloc_epoch, id: row.arm_id, spec };
+    waiters.clusters.lock().unwrap_or_else(|e| e.into_inner()).insert(node.id.clone(), c.clone());
+    Ok(Some(c))
+}
+
+/// The job `node` holds in placement `epoch`, with its execution state. Everything of the
+/// assignment but the state (and the file servers) is fixed for a placement, so it is read
+/// once per placement and only the state on later syncs.
+async fn placed_task(
+    store: &dyn Store,
+    waiters: &Waiters,
+    node: &NodeRow,
+    key: &str,
+    epoch: i64,
+) -> Result<Option<(ExecutionState, TaskAssignment)>, StoreError> {
+    let known = waiters.tasks.lock().unwrap_or_else(|e| e.into_inner()).get(&node.id).cloned();
+    if let Some(task) = known.filter(|t| t.job == key && t.epoch == epoch) {
+        return Ok(store.job_state(key, epoch).await?.map(|state| (state, task)));
+    }
+    let Some(row) = store.get_resource(key).await? else { return Ok(None) };
+    let Some(job) = &row.job else { return Ok(None) };
+    let Some(spec) = row.spec.clone().and_then(|s| serde_json::from_value::<JobSpec>(s).ok()) else {
+        return Ok(None);
+    };
+    let placement = store.job_placement(key, epoch).await?;
+    let task = TaskAssignment {
+        job: key.to_owned(),
+        epoch,
+        rank: placement.iter().position(|p| p.node_id == node.id).unwrap_or(0),
+        output_segment: crate::arm::render::job_output_segment(&row),
+        id: row.arm_id.clone(),
+        uid: row.uid.clone(),
+        spec,
+        nodes: placement
+            .iter()
+            .map(|p| Peer { id: p.node_id.clone(), address: p.address.clone(), gpus: p.gpus.max(0) as u32 })
+            .collect(),
+        max_wall_clock_secs: job.max_wall_clock_secs,
+        started_at: job.start_time.unwrap_or(node.changed_at),
+        stop: false,
+        file_servers: Vec::new(),
+    };
+    waiters.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(node.id.clone(), task.clone());
+    Ok(Some((job.execution_state, task)))
+}
+
 /// What the node must be running now.
-async fn desired(store: &dyn Store, node: &NodeRow) -> Result<SyncResponse, StoreError> {
+async fn desired(store: &dyn Store, waiters: &Waiters, node: &NodeRow) -> Result<SyncResponse, StoreError> {
     let mut cluster = None;
-    if let Some(key) = &node.cluster_key
-        && let Some(row) = store.get_resource(key).await?
-        && let Some(spec) = row.spec.and_then(|s| serde_json::from_value::<ClusterSpec>(s).ok())
-    {
+    if let Some(c) = allocated_cluster(store, waiters, node).await? {
         let file_servers =
-            file_server_exports(store, spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref())).await?;
-        cluster = Some(ClusterAssignment {
-            key: key.clone(),
-            id: row.arm_id,
-            alloc_epoch: node.alloc_epoch,
-            spec,
-            file_servers,
-        });
+            file_server_exports(store, c.spec.node_setup.as_ref().and_then(|s| s.mount_volumes.as_ref())).await?;
+        cluster =
+            Some(ClusterAssignment { key: c.key, id: c.id, alloc_epoch: c.alloc_epoch, spec: c.spec, file_servers });
     }
     let mut tasks = Vec::new();
     if let (Some(key), Some(epoch)) = (&node.job_key, node.job_epoch)
-        && let Some(row) = store.get_resource(key).await?
-        && let Some(job) = &row.job
-        && matches!(job.execution_state, ExecutionState::Running | ExecutionState::Terminating)
-        && let Some(spec) = row.spec.clone().and_then(|s| serde_json::from_value::<JobSpec>(s).ok())
+        && let Some((state, mut task)) = placed_task(store, waiters, node, key, epoch).await?
+        && matches!(state, ExecutionState::Running | ExecutionState::Terminating)
     {
-        let placement = store.job_placement(key, epoch).await?;
-        let rank = placement.iter().position(|p| p.node_id == node.id).unwrap_or(0);
-        let file_servers = file_server_exports(store, spec.mount_volumes.as_ref()).await?;
-        tasks.push(TaskAssignment {
-            job: key.clone(),
-            epoch,
-            rank,
-            output_segment: crate::arm::render::job_output_segment(&row),
-            id: row.arm_id.clone(),
-            uid: row.uid.clone(),
-            spec,
-            nodes: placement
-                .iter()
-                .map(|p| Peer { id: p.node_id.clone(), address: p.address.clone(), gpus: p.gpus.max(0) as u32 })
-                .collect(),
-            max_wall_clock_secs: job.max_wall_clock_secs,
-            started_at: job.start_time.unwrap_or(node.changed_at),
-            stop: job.execution_state == ExecutionState::Terminating,
-            file_servers,
-        });
+        task.stop = state == ExecutionState::Terminating;
+        task.file_servers = file_server_exports(store, task.spec.mount_volumes.as_ref()).await?;
+        tasks.push(task);
     }
     let mut res = SyncResponse { version: String::new(), state: node.state.as_str().into(), cluster, tasks };
     let digest = Sha256::digest(serde_json::to_vec(&res).unwrap_or_default());

@@ -159,7 +159,7 @@ impl AgentProc {
             .arg(data_dir)
             .args(["--address", "127.0.0.1", "--vm-size", "STANDARD_NC6", "--join-token", token])
             .env_remove("BATCHAI_DATABASE_URL")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log)?)

@@ -106,8 +106,15 @@ pub async fn run(
     signals: Signals,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
-        match tick(store.as_ref(), &settings, &signals).await {
+        // Passes come as fast as jobs end under load; the sweep for orphans reads every node
+        // and job, so it runs at most once per tick.
+        let sweep = last_sweep.is_none_or(|t| t.elapsed() >= settings.tick);
+        if sweep {
+            last_sweep = Some(std::time::Instant::now());
+        }
+        match tick(store.as_ref(), &settings, &signals, sweep).await {
             Ok(true) => signals.changed.notify_one(),
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "scheduling pass failed; retrying"),
@@ -120,15 +127,16 @@ pub async fn run(
     }
 }
 
-/// One pass over every cluster. True when some node's desired state changed.
-pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals) -> Result<bool, StoreError> {
+/// One pass over every cluster, with the sweep for orphaned nodes when `sweep`. True when
+/// some node's desired state changed.
+pub async fn tick(store: &dyn Store, settings: &Settings, signals: &Signals, sweep: bool) -> Result<bool, StoreError> {
     let started = std::time::Instant::now();
-    let changed = pass(store, settings, signals).await;
+    let changed = pass(store, settings, signals, sweep).await;
     signals.observer.pass(started.elapsed().as_secs_f64());
     changed
 }
 
-async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Result<bool, StoreError> {
+async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals, sweep: bool) -> Result<bool, StoreError> {
     let now = now_millis();
     let mut changed = false;
     let lost = store.mark_lost(now - settings.node_timeout.as_millis() as i64, now).await?;
@@ -148,7 +156,9 @@ async fn pass(store: &dyn Store, settings: &Settings, signals: &Signals) -> Resu
         }
     }
     changed |= !lost.is_empty();
-    changed |= store.release_orphans(now).await? > 0;
+    if sweep {
+        changed |= store.release_orphans(now).await? > 0;
+    }
     let mut waiting: Vec<(WaitClass, usize)> = WaitClass::ALL.iter().map(|&c| (c, 0)).collect();
     for cluster in store.scheduling_clusters().await? {
         if cluster.deleting {
@@ -209,7 +219,7 @@ async fn schedule_cluster(
         return Ok(false);
     };
     let jobs = store.cluster_jobs(&cluster.key, settings.queue_window).await?;
-    let mut nodes = store.list_nodes(Some(&cluster.key)).await?;
+    let mut nodes = store.cluster_nodes(&cluster.key).await?;
     let want = target(&spec, &jobs).max(0) as usize;
     let mut changed = enforce_wall_clock(store, &jobs, now).await?;
 
@@ -220,12 +230,12 @@ async fn schedule_cluster(
     if have < want {
         if store.allocate_nodes(&cluster.key, &cluster.vm_size, (want - have) as i64, now).await? > 0 {
             changed = true;
-            nodes = store.list_nodes(Some(&cluster.key)).await?;
+            nodes = store.cluster_nodes(&cluster.key).await?;
         }
     } else {
         if have > want {
             changed |= shrink(store, settings, signals, &spec, cluster, &nodes, &jobs, have - want, now).await?;
-            nodes = store.list_nodes(Some(&cluster.key)).await?;
+            nodes = store.cluster_nodes(&cluster.key).await?;
         }
         // Unusable nodes (setup failed, or lost) do not count as allocated, so nothing above
         // ever gave them back: a cluster resized below them kept them, and its node count,
@@ -237,7 +247,7 @@ async fn schedule_cluster(
         let over = (active(&nodes) + unusable.len()).saturating_sub(want).min(unusable.len());
         if over > 0 && store.release_nodes(&cluster.key, &unusable[..over], now).await? > 0 {
             changed = true;
-            nodes = store.list_nodes(Some(&cluster.key)).await?;
+            nodes = store.cluster_nodes(&cluster.key).await?;
         }
     }
 
@@ -444,7 +454,7 @@ pub async fn why(store: &dyn Store, job_key: &str) -> Result<Option<String>, Sto
         return Ok(Some("its cluster no longer exists".into()));
     };
     let jobs = store.cluster_jobs(&cluster.key, i64::MAX).await?;
-    let nodes = store.list_nodes(Some(&cluster.key)).await?;
+    let nodes = store.cluster_nodes(&cluster.key).await?;
     let plan = plan(&snapshot(cluster, &nodes, &jobs, now_millis()));
     if plan.placements.iter().any(|p| p.job == job_key) {
         return Ok(Some("it fits now and starts on the next scheduling pass".into()));

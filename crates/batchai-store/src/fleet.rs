@@ -127,10 +127,14 @@ pub trait Fleet: Send + Sync {
     async fn get_node(&self, id: &str) -> Result<Option<NodeRow>>;
     /// All nodes, or those of one cluster, by id.
     async fn list_nodes(&self, cluster_key: Option<&str>) -> Result<Vec<NodeRow>>;
+    /// A cluster's nodes by id, without their facts (`facts` is null): what every scheduling
+    /// pass reads, and the facts are most of a node's row.
+    async fn cluster_nodes(&self, cluster_key: &str) -> Result<Vec<NodeRow>>;
     async fn update_node_facts(&self, id: &str, facts: &NodeFactsRow, now: Millis) -> Result<()>;
-    /// Records that the node is alive. A node given up for lost comes back: prepared anew for
-    /// its cluster (a new allocation epoch) or returned to the pool. Returns the row after.
-    async fn heartbeat(&self, id: &str, now: Millis) -> Result<Option<NodeRow>>;
+    /// Records that the node holding this credential is alive, and returns its row after (one
+    /// statement when it was not lost). A node given up for lost comes back: prepared anew for
+    /// its cluster (a new allocation epoch) or returned to the pool. `None`: no such node.
+    async fn heartbeat(&self, credential_hash: &str, now: Millis) -> Result<Option<NodeRow>>;
     /// Ends a node's preparation for allocation `alloc_epoch`: idle, or unusable with `error`.
     async fn report_setup(&self, id: &str, alloc_epoch: i64, error: Option<&str>, now: Millis) -> Result<bool>;
     /// Records a node's report about its part of a job; false (and nothing changes) when the
@@ -146,6 +150,8 @@ pub trait Fleet: Send + Sync {
     ) -> Result<bool>;
     /// The nodes of a placement in rank order.
     async fn job_placement(&self, job_key: &str, epoch: i64) -> Result<Vec<PlacedNode>>;
+    /// A job's execution state, if its current placement is `epoch`.
+    async fn job_state(&self, job_key: &str, epoch: i64) -> Result<Option<ExecutionState>>;
     /// Nodes whose desired state changed after `since`.
     async fn nodes_changed_since(&self, since: Millis) -> Result<Vec<(String, Millis)>>;
     /// Marks every node of a job's current placement as changed (wakes their long polls).
@@ -272,10 +278,16 @@ where
     })
 }
 
+macro_rules! node_columns {
+    () => {
+        "id, hostname, address, ssh_port, gpus, facts, state, cluster_key, alloc_epoch, job_key, job_epoch, \
+         error, lost_at, last_seen, joined_at, changed_at "
+    };
+}
+
 macro_rules! select_nodes {
     () => {
-        "SELECT id, hostname, address, ssh_port, gpus, facts, state, cluster_key, alloc_epoch, job_key, job_epoch, \
-         error, lost_at, last_seen, joined_at, changed_at FROM nodes "
+        concat!("SELECT ", node_columns!(), "FROM nodes ")
     };
 }
 
@@ -432,6 +444,18 @@ macro_rules! fleet_store {
                 rows.iter().map(node_from).collect()
             }
 
+            async fn cluster_nodes(&self, cluster_key: &str) -> Result<Vec<NodeRow>> {
+                let rows = sqlx::query(
+                    "SELECT id, hostname, address, ssh_port, gpus, 'null' AS facts, state, cluster_key, alloc_epoch, \
+                     job_key, job_epoch, error, lost_at, last_seen, joined_at, changed_at FROM nodes \
+                     WHERE cluster_key = $1 ORDER BY id",
+                )
+                .bind(cluster_key)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(node_from).collect()
+            }
+
             async fn update_node_facts(&self, id: &str, f: &NodeFactsRow, now: Millis) -> Result<()> {
                 let mut tx = self.writer().begin_with($begin).await?;
                 sqlx::query(
@@ -452,32 +476,36 @@ macro_rules! fleet_store {
                 Ok(())
             }
 
-            async fn heartbeat(&self, id: &str, now: Millis) -> Result<Option<NodeRow>> {
-                let done = sqlx::query("UPDATE nodes SET last_seen = $2 WHERE id = $1 AND lost_at IS NULL")
-                    .bind(id)
-                    .bind(now)
-                    .execute(self.writer())
-                    .await?;
-                if done.rows_affected() == 0 {
-                    // Lost (or unknown): it comes back through preparation, in one transaction
-                    // with its cluster's counts.
-                    let mut tx = self.writer().begin_with($begin).await?;
-                    let back = sqlx::query(
-                        "UPDATE nodes SET last_seen = $2, lost_at = NULL, changed_at = $2, error = NULL, \
-                         state = CASE WHEN cluster_key IS NULL THEN 'free' ELSE 'preparing' END, \
-                         alloc_epoch = alloc_epoch + 1 \
-                         WHERE id = $1 AND lost_at IS NOT NULL RETURNING cluster_key",
-                    )
-                    .bind(id)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(Some(cluster)) = back.map(|r| r.try_get::<Option<String>, _>("cluster_key")).transpose()? {
-                        Self::refresh_counts_in(&mut tx, &cluster).await?;
-                    }
-                    tx.commit().await?;
+            async fn heartbeat(&self, credential_hash: &str, now: Millis) -> Result<Option<NodeRow>> {
+                let row = sqlx::query(concat!(
+                    "UPDATE nodes SET last_seen = $2 WHERE credential_hash = $1 AND lost_at IS NULL RETURNING ",
+                    node_columns!()
+                ))
+                .bind(credential_hash)
+                .bind(now)
+                .fetch_optional(self.writer())
+                .await?;
+                if let Some(row) = row {
+                    return node_from(&row).map(Some);
                 }
-                self.get_node(id).await
+                // Lost (or unknown): it comes back through preparation, in one transaction with
+                // its cluster's counts.
+                let mut tx = self.writer().begin_with($begin).await?;
+                let back = sqlx::query(
+                    "UPDATE nodes SET last_seen = $2, lost_at = NULL, changed_at = $2, error = NULL, \
+                     state = CASE WHEN cluster_key IS NULL THEN 'free' ELSE 'preparing' END, \
+                     alloc_epoch = alloc_epoch + 1 \
+                     WHERE credential_hash = $1 AND lost_at IS NOT NULL RETURNING cluster_key",
+                )
+                .bind(credential_hash)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(Some(cluster)) = back.map(|r| r.try_get::<Option<String>, _>("cluster_key")).transpose()? {
+                    Self::refresh_counts_in(&mut tx, &cluster).await?;
+                }
+                tx.commit().await?;
+                self.node_by_credential(credential_hash).await
             }
 
             async fn report_setup(&self, id: &str, alloc_epoch: i64, error: Option<&str>, now: Millis) -> Result<bool> {
@@ -547,6 +575,16 @@ macro_rules! fleet_store {
                     .collect()
             }
 
+            async fn job_state(&self, job_key: &str, epoch: i64) -> Result<Option<ExecutionState>> {
+                let row = sqlx::query("SELECT execution_state FROM jobs WHERE key = $1 AND epoch = $2")
+                    .bind(job_key)
+                    .bind(epoch)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|r| parse_enum(&r.try_get::<String, _>("execution_state")?, ExecutionState::parse, "execution state"))
+                    .transpose()
+            }
+
             async fn nodes_changed_since(&self, since: Millis) -> Result<Vec<(String, Millis)>> {
                 let rows = sqlx::query("SELECT id, changed_at FROM nodes WHERE changed_at > $1")
                     .bind(since)
@@ -565,9 +603,15 @@ macro_rules! fleet_store {
             }
 
             async fn scheduling_clusters(&self) -> Result<Vec<SchedCluster>> {
+                // Per-cluster lookups rather than a join: every pass runs this, and Postgres
+                // plans it once per connection (generic plans), when `resources` may still be
+                // small enough that hashing all of it looks cheapest; it then stays so.
                 let rows = sqlx::query(
-                    "SELECT r.key, r.arm_id, r.spec, r.provisioning_state, c.vm_size, c.allocation_state, c.errors \
-                     FROM clusters c JOIN resources r ON r.key = c.key ORDER BY r.key",
+                    "SELECT c.key, c.vm_size, c.allocation_state, c.errors, \
+                     (SELECT r.arm_id FROM resources r WHERE r.key = c.key) AS arm_id, \
+                     (SELECT r.spec FROM resources r WHERE r.key = c.key) AS spec, \
+                     (SELECT r.provisioning_state FROM resources r WHERE r.key = c.key) AS provisioning_state \
+                     FROM clusters c ORDER BY c.key",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -684,26 +728,37 @@ macro_rules! fleet_store {
                 placements: &[(String, Vec<String>)],
                 now: Millis,
             ) -> Result<Vec<Option<i64>>> {
+                if let Some(placed) = self.place_at_once(cluster_key, placements, now).await? {
+                    return Ok(placed);
+                }
                 let mut tx = self.writer().begin_with($begin).await?;
                 let mut out = Vec::with_capacity(placements.len());
                 for (job_key, nodes) in placements {
                     // A savepoint per job: a job that lost a race is undone alone.
                     let mut sp = sqlx::Acquire::begin(&mut *tx).await?;
+                    // Found by key alone and its cluster checked after: with the cluster in
+                    // the condition, Postgres' generic plan walks the cluster's whole queue in
+                    // `jobs_queue` to find the key.
                     let row = sqlx::query(
-                        "UPDATE jobs SET execution_state = 'running', execution_changed_at = $3, start_time = $3, \
+                        "UPDATE jobs SET execution_state = 'running', execution_changed_at = $2, start_time = $2, \
                          end_time = NULL, exit_code = NULL, errors = NULL, epoch = epoch + 1 \
-                         WHERE key = $1 AND cluster_key = $2 AND execution_state = 'queued' RETURNING epoch",
+                         WHERE key = $1 AND execution_state = 'queued' RETURNING epoch, cluster_key",
                     )
                     .bind(job_key)
-                    .bind(cluster_key)
                     .bind(now)
                     .fetch_optional(&mut *sp)
                     .await?;
-                    let Some(row) = row else {
+                    let row = row.map(|r| Ok::<_, sqlx::Error>((r.try_get("epoch")?, r.try_get::<String, _>("cluster_key")?)));
+                    let Some((epoch, cluster)) = row.transpose()? else {
                         out.push(None);
                         continue;
                     };
-                    let epoch: i64 = row.try_get("epoch")?;
+                    let epoch: i64 = epoch;
+                    if cluster != cluster_key {
+                        sp.rollback().await?;
+                        out.push(None);
+                        continue;
+                    }
                     // Nodes in id order (the locking order); ranks as the caller gave them.
                     let mut order: Vec<(usize, &String)> = nodes.iter().enumerate().collect();
                     order.sort_by(|a, b| a.1.cmp(b.1));
@@ -802,6 +857,17 @@ macro_rules! fleet_store {
             }
 
             async fn mark_lost(&self, deadline: Millis, now: Millis) -> Result<Vec<LostNode>> {
+                // Every scheduling pass asks; almost always there is none, found without a
+                // transaction or locks.
+                let any = sqlx::query(
+                    "SELECT 1 FROM nodes WHERE (last_seen < $1 OR left_at IS NOT NULL) AND lost_at IS NULL LIMIT 1",
+                )
+                .bind(deadline)
+                .fetch_optional(&self.pool)
+                .await?;
+                if any.is_none() {
+                    return Ok(Vec::new());
+                }
                 let mut tx = self.writer().begin_with($begin).await?;
                 let rows = sqlx::query(concat!(
                     "SELECT id, cluster_key, job_key, job_epoch, left_at FROM nodes ",
@@ -852,6 +918,9 @@ macro_rules! fleet_store {
             }
 
             async fn release_orphans(&self, now: Millis) -> Result<u64> {
+                // The job of each node is looked up by key (a scalar subquery): as an anti-join,
+                // Postgres' generic plan, made while few jobs ran, walked every running job for
+                // every busy node (100 ms a sweep with 1,000 nodes).
                 let mut tx = self.writer().begin_with($begin).await?;
                 let gone = sqlx::query(
                     "UPDATE nodes SET state = CASE WHEN lost_at IS NULL THEN 'free' ELSE 'unusable' END, \
@@ -867,8 +936,8 @@ macro_rules! fleet_store {
                     "UPDATE nodes SET state = CASE WHEN state = 'leaving' THEN 'free' ELSE 'idle' END, \
                      cluster_key = CASE WHEN state = 'leaving' THEN NULL ELSE cluster_key END, \
                      job_key = NULL, job_epoch = NULL, changed_at = $1 \
-                     WHERE job_key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.key = nodes.job_key \
-                     AND j.epoch = nodes.job_epoch AND j.execution_state IN ('running', 'terminating')) \
+                     WHERE job_key IS NOT NULL AND NOT COALESCE((SELECT j.execution_state IN ('running', 'terminating') \
+                       FROM jobs j WHERE j.key = nodes.job_key AND j.epoch = nodes.job_epoch), FALSE) \
                      RETURNING cluster_key",
                 )
                 .bind(now)
@@ -922,6 +991,82 @@ macro_rules! fleet_store {
             }
         }
     };
+}
+
+impl PgStore {
+    /// [`Fleet::place_jobs`] in one statement, when every placement succeeds (the usual case:
+    /// the scheduler planned from what it just read). `None` when any job or node was taken
+    /// meanwhile, or the statement failed (say, a deadlock with another server placing in
+    /// another order): nothing is kept, and the caller places job by job.
+    async fn place_at_once(
+        &self,
+        cluster_key: &str,
+        placements: &[(String, Vec<String>)],
+        now: Millis,
+    ) -> Result<Option<Vec<Option<i64>>>> {
+        let jobs: Vec<String> = placements.iter().map(|(j, _)| j.clone()).collect();
+        let (mut job_col, mut node_col, mut rank_col) = (Vec::new(), Vec::new(), Vec::new());
+        for (job, nodes) in placements {
+            for (rank, node) in nodes.iter().enumerate() {
+                job_col.push(job.clone());
+                node_col.push(node.clone());
+                rank_col.push(rank as i32);
+            }
+        }
+        let mut tx = self.writer().begin().await?;
+        // Jobs by key (`= ANY`), their cluster compared after: see the per-job statement.
+        let rows = sqlx::query(
+            "WITH want AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::int4[]) AS w(job_key, node_id, rank)), \
+             j AS (UPDATE jobs SET execution_state = 'running', execution_changed_at = $5, start_time = $5, \
+               end_time = NULL, exit_code = NULL, errors = NULL, epoch = epoch + 1 \
+               WHERE key = ANY($6::text[]) AND execution_state = 'queued' RETURNING key, epoch, cluster_key), \
+             n AS (UPDATE nodes SET state = 'running', job_key = w.job_key, job_epoch = j.epoch, changed_at = $5 \
+               FROM want w JOIN j ON j.key = w.job_key \
+               WHERE nodes.id = w.node_id AND nodes.cluster_key = $4 AND nodes.state = 'idle' RETURNING nodes.id), \
+             p AS (INSERT INTO job_nodes (job_key, epoch, rank, node_id, phase) \
+               SELECT w.job_key, j.epoch, w.rank, w.node_id, 'assigned' FROM want w JOIN j ON j.key = w.job_key \
+               RETURNING 1) \
+             SELECT j.key, j.epoch, j.cluster_key, (SELECT count(*) FROM n) AS nodes, (SELECT count(*) FROM p) AS rows \
+             FROM j",
+        )
+        .bind(&job_col)
+        .bind(&node_col)
+        .bind(&rank_col)
+        .bind(cluster_key)
+        .bind(now)
+        .bind(&jobs)
+        .fetch_all(&mut *tx)
+        .await;
+        let Ok(rows) = rows else { return Ok(None) };
+        let mut epochs = std::collections::HashMap::new();
+        for r in &rows {
+            let (key, epoch, cluster): (String, i64, String) =
+                (r.try_get("key")?, r.try_get("epoch")?, r.try_get("cluster_key")?);
+            let (nodes, inserted): (i64, i64) = (r.try_get("nodes")?, r.try_get("rows")?);
+            if cluster != cluster_key || nodes != node_col.len() as i64 || inserted != node_col.len() as i64 {
+                return Ok(None);
+            }
+            epochs.insert(key, epoch);
+        }
+        if epochs.len() != jobs.len() {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(jobs.iter().map(|j| epochs.get(j).copied()).collect()))
+    }
+}
+
+impl SqliteStore {
+    /// Postgres only: on SQLite a statement costs no round trip, and the per-job path is as fast.
+    #[allow(clippy::unused_async)]
+    async fn place_at_once(
+        &self,
+        _cluster_key: &str,
+        _placements: &[(String, Vec<String>)],
+        _now: Millis,
+    ) -> Result<Option<Vec<Option<i64>>>> {
+        Ok(None)
+    }
 }
 
 fleet_store!(PgStore, begin_write = "BEGIN", skip_locked = " FOR UPDATE SKIP LOCKED");

@@ -214,7 +214,7 @@ async fn lost_nodes_come_back_through_preparation(db: &Db) {
     ready_nodes(s.as_ref(), &cl, &["n1"]).await;
     let epoch = s.place_job(&jobs[0], &cl, &["n1".into()], 3_000).await.unwrap().unwrap();
     let before = s.get_node("n1").await.unwrap().unwrap();
-    assert!(s.heartbeat("n1", 5_000).await.unwrap().is_some());
+    assert!(s.heartbeat("hash-n1", 5_000).await.unwrap().is_some());
     assert!(s.mark_lost(5_000, 9_000).await.unwrap().is_empty(), "seen at the deadline");
     let lost = s.mark_lost(6_000, 9_000).await.unwrap();
     assert_eq!(
@@ -229,7 +229,7 @@ async fn lost_nodes_come_back_through_preparation(db: &Db) {
     assert!(s.mark_lost(6_000, 9_001).await.unwrap().is_empty(), "lost once");
     assert!(!s.node_left("n1", 9_100).await.unwrap(), "a lost node cannot leave");
     assert_eq!(counts(s.as_ref(), &cl).await.unusable_node_count, 1);
-    let back = s.heartbeat("n1", 9_500).await.unwrap().unwrap();
+    let back = s.heartbeat("hash-n1", 9_500).await.unwrap().unwrap();
     assert_eq!((back.state, back.lost_at, back.job_key), (NodeState::Preparing, None, None));
     assert!(back.alloc_epoch > before.alloc_epoch, "prepared anew");
 

@@ -20,6 +20,11 @@ use crate::gpus::{GpuPool, TaskKey, Want};
 use crate::runtime::{Runtime, TaskOwner};
 use crate::setup::{self, SetupContext};
 
+/// How long a task's Preparing or Running phase is held back before it is reported, in case
+/// the task moves on meanwhile: a job that ends at once (`true`) is then reported exited in
+/// one sync instead of one sync per phase, and an Exited report is never held back.
+pub(super) const SETTLE: Duration = Duration::from_millis(10);
+
 /// Writes `path` atomically.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -107,6 +112,9 @@ pub(super) struct State {
     known: Option<String>,
     /// Something new to report: sync without waiting.
     pub(super) urgent: bool,
+    /// A task just started or began running: until then the sync loop gives it a moment to
+    /// move on, so that a short task's phases reach the server in one sync ([`SETTLE`]).
+    pub(super) settle_until: Option<tokio::time::Instant>,
     tasks: BTreeMap<TaskKey, TaskEntry>,
     gpus: GpuPool,
     /// Markers left by a previous run, settled by the first answer.
@@ -131,6 +139,7 @@ impl State {
             facts_pending: true,
             known: None,
             urgent: true,
+            settle_until: None,
             tasks: BTreeMap::new(),
             task_reports,
             setup_reports,
@@ -194,8 +203,10 @@ impl State {
         entry.report = report;
         if entry.running() {
             self.urgent = true;
+            self.settle();
             return true;
         }
+        self.settle_until = None;
         entry.stop = None;
         entry.handle = None;
         self.gpus.release(&key);
@@ -375,6 +386,11 @@ impl State {
         self.tasks.insert(key, entry);
         self.count_running();
         self.urgent = true;
+        self.settle();
+    }
+
+    fn settle(&mut self) {
+        self.settle_until.get_or_insert_with(|| tokio::time::Instant::now() + SETTLE);
     }
 
     fn set_cluster(&mut self, cluster: Option<ClusterAssignment>) {
