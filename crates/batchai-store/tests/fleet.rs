@@ -16,6 +16,7 @@ mod both {
         nodes_join_a_cluster_and_are_counted,
         racing_placements_never_share_a_node,
         a_batch_of_placements_undoes_only_the_job_that_lost,
+        a_batch_is_placed_whole_and_only_in_the_jobs_cluster,
         reports_from_an_old_placement_are_ignored,
         lost_nodes_come_back_through_preparation,
         nodes_of_deleted_clusters_and_jobs_are_freed,
@@ -181,6 +182,32 @@ async fn a_batch_of_placements_undoes_only_the_job_that_lost(db: &Db) {
     assert!(s.job_placement(&jobs[1], 1).await.unwrap().is_empty(), "no placement rows left behind");
     assert_eq!(s.get_node("n3").await.unwrap().unwrap().job_key.as_deref(), Some(jobs[2].as_str()));
     assert_eq!(counts(s.as_ref(), &cl).await.running_node_count, 4);
+}
+
+async fn a_batch_is_placed_whole_and_only_in_the_jobs_cluster(db: &Db) {
+    let s = db.open().await;
+    let (cl, jobs) = cluster_with_jobs(s.as_ref(), "g", 3, 1).await;
+    let (_, other) = cluster_with_jobs(s.as_ref(), "h", 1, 1).await;
+    ready_nodes(s.as_ref(), &cl, &["n1", "n2", "n3"]).await;
+    // A job of another cluster is never started on this one's nodes.
+    let placed = s.place_jobs(&cl, &[(other[0].clone(), vec!["n1".into()])], 3_000).await.unwrap();
+    assert_eq!(placed, vec![None]);
+    assert_eq!(s.get_resource(&other[0]).await.unwrap().unwrap().job.unwrap().execution_state, ExecutionState::Queued);
+    assert_eq!(s.get_node("n1").await.unwrap().unwrap().state, NodeState::Idle);
+
+    let batch: Vec<(String, Vec<String>)> =
+        jobs.iter().zip(["n3", "n1", "n2"]).map(|(j, n)| (j.clone(), vec![n.to_string()])).collect();
+    assert_eq!(s.place_jobs(&cl, &batch, 3_100).await.unwrap(), vec![Some(1), Some(1), Some(1)]);
+    for (job, node) in &batch {
+        assert_eq!(s.job_state(job, 1).await.unwrap(), Some(ExecutionState::Running));
+        assert_eq!(s.job_state(job, 2).await.unwrap(), None, "not that placement");
+        let p = s.job_placement(job, 1).await.unwrap();
+        assert_eq!((p.len(), p[0].rank, &p[0].node_id, p[0].phase.as_str()), (1, 0, &node[0], "assigned"));
+    }
+    let nodes = s.cluster_nodes(&cl).await.unwrap();
+    assert_eq!(nodes.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n1", "n2", "n3"]);
+    assert!(nodes.iter().all(|n| n.state == NodeState::Running && n.facts.is_null()), "{nodes:?}");
+    assert_eq!(nodes[0].job_key.as_deref(), Some(jobs[1].as_str()));
 }
 
 async fn reports_from_an_old_placement_are_ignored(db: &Db) {
