@@ -6,6 +6,8 @@
 //! is a guarded `UPDATE … WHERE state = $expected` whose affected-row count says who won.
 //! Migrations for both live in `migrations/` at the workspace root and run on connect.
 
+mod analyze;
+mod at_once;
 mod fleet;
 mod insert;
 mod sql;

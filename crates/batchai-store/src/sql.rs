@@ -8,6 +8,7 @@
 //! see [`crate::insert`].
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::analyze::Analyzer;
 use crate::insert::{Batcher, pg_insert_batch, sqlite_insert_batch};
 use crate::types::*;
 use crate::{Result, Store, StoreError};
@@ -50,8 +52,14 @@ impl PgStore {
             .connect_with(opts)
             .await?;
         PG_MIGRATOR.run(&pool).await?;
-        let batch_pool = pool.clone();
-        let inserts = Batcher::spawn(2, move |batch| pg_insert_batch(batch_pool.clone(), batch));
+        let (batch_pool, analyzer) = (pool.clone(), Arc::new(Analyzer::default()));
+        let inserts = Batcher::spawn(2, move |batch| {
+            let (pool, analyzer, rows) = (batch_pool.clone(), analyzer.clone(), batch.len() as u64);
+            async move {
+                pg_insert_batch(pool.clone(), batch).await;
+                analyzer.inserted(rows, &pool);
+            }
+        });
         Ok(Self { pool, inserts })
     }
 
