@@ -23,7 +23,35 @@ mod both {
         expired_leases_are_reclaimed,
         concurrent_inserts_each_get_their_own_outcome,
         a_failing_insert_does_not_fail_its_batch_mates,
+        a_filling_database_is_analyzed,
     );
+}
+
+/// Postgres: once a few hundred rows went in, the store refreshes the planner's statistics
+/// itself (counted apart from autovacuum's analyses).
+async fn a_filling_database_is_analyzed(db: &Db) {
+    use sqlx::Connection;
+    if !db.url.starts_with("postgres") {
+        return;
+    }
+    let s = db.open().await;
+    for i in 0..300 {
+        s.insert_resource(&new(&rg(&format!("g{i}")), ProvisioningState::Succeeded), None).await.expect("insert");
+    }
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let n: i64 = sqlx::query_scalar("SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'resources'")
+            .fetch_one(&mut conn)
+            .await
+            .expect("stats");
+        if n > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "resources never analyzed after 300 inserts");
+    }
 }
 
 fn op(id: &str, r: &ResourceRef, kind: OperationKind, run_after: i64) -> Operation {
