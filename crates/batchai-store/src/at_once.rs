@@ -7,6 +7,7 @@ use batchai_core::state::ExecutionState;
 use batchai_core::time::Millis;
 use sqlx::Row;
 
+use crate::fleet::end_job;
 use crate::types::JobOutcome;
 use crate::{PgStore, Result, SqliteStore};
 
@@ -83,17 +84,17 @@ impl PgStore {
         o: &JobOutcome,
         errors: Option<&str>,
     ) -> Result<Option<bool>> {
-        let row = sqlx::query(
-            "WITH j AS (UPDATE jobs SET execution_state = $4, execution_changed_at = $5, \
-               end_time = COALESCE($6, end_time), exit_code = COALESCE($7, exit_code), errors = COALESCE($8, errors) \
-               WHERE key = $1 AND epoch = $2 AND execution_state = $3 RETURNING key), \
+        let row = sqlx::query(concat!(
+            "WITH j AS (",
+            end_job!(),
+            " RETURNING key), \
              n AS (UPDATE nodes SET state = CASE WHEN state = 'leaving' THEN 'free' ELSE 'idle' END, \
                cluster_key = CASE WHEN state = 'leaving' THEN NULL ELSE cluster_key END, \
                job_key = NULL, job_epoch = NULL, changed_at = $5 \
                WHERE job_key = $1 AND job_epoch = $2 AND state IN ('running', 'leaving') AND EXISTS (SELECT 1 FROM j) \
                RETURNING 1) \
-             SELECT (SELECT count(*) FROM j) AS jobs",
-        )
+             SELECT (SELECT count(*) FROM j) AS jobs"
+        ))
         .bind(job_key)
         .bind(epoch)
         .bind(from.as_str())

@@ -278,6 +278,17 @@ where
     })
 }
 
+/// A job's placement `$2` ends (`$3` → `$4` at `$5`, with end time, exit code and errors
+/// `$6`–`$8`); its nodes are freed with it (Postgres: in the same statement, `at_once.rs`).
+macro_rules! end_job {
+    () => {
+        "UPDATE jobs SET execution_state = $4, execution_changed_at = $5, end_time = COALESCE($6, end_time), \
+         exit_code = COALESCE($7, exit_code), errors = COALESCE($8, errors) \
+         WHERE key = $1 AND epoch = $2 AND execution_state = $3"
+    };
+}
+pub(crate) use end_job;
+
 macro_rules! node_columns {
     () => {
         "id, hostname, address, ssh_port, gpus, facts, state, cluster_key, alloc_epoch, job_key, job_epoch, \
@@ -816,12 +827,7 @@ macro_rules! fleet_store {
                     return Ok(done);
                 }
                 let mut tx = self.writer().begin_with($begin).await?;
-                let done = sqlx::query(
-                    "UPDATE jobs SET execution_state = $4, execution_changed_at = $5, \
-                     end_time = COALESCE($6, end_time), exit_code = COALESCE($7, exit_code), \
-                     errors = COALESCE($8, errors) \
-                     WHERE key = $1 AND epoch = $2 AND execution_state = $3",
-                )
+                let done = sqlx::query(end_job!())
                 .bind(job_key)
                 .bind(epoch)
                 .bind(from.as_str())

@@ -51,12 +51,14 @@ async fn a_task_runs_to_its_end_and_is_forgotten_once_acknowledged() {
     state.urgent = false;
     state.act(answer("v1", None, vec![t.clone()]));
     assert!(state.urgent, "a new task is news");
+    assert!(state.settle_until.is_some(), "held back a moment in case the task moves on");
     let r = state.request(DEFAULT_SYNC_WAIT);
     assert_eq!((r.known.as_deref(), r.wait_ms, r.tasks[0].phase), (Some("v1"), 20_000, TaskPhase::Preparing));
     let marker = state.marker(&key(&t));
     assert!(marker.exists());
 
     until(&mut state, &mut events, |s| phase_of(s, &t) == Some(TaskPhase::Exited)).await;
+    assert!(state.settle_until.is_none(), "an exit is reported at once");
     let reported = state.request(Duration::ZERO).tasks;
     assert_eq!((reported[0].exit_code, reported[0].error.clone()), (Some(0), None));
     let saved: TaskReport = serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
@@ -188,6 +190,7 @@ async fn after_a_restart_a_container_task_is_reattached_and_reports_its_exit() {
     until(&mut state, &mut events, |s| phase_of(s, &t) == Some(TaskPhase::Running)).await;
     assert_eq!(fake.finish("train", Exit::Code(3)), 1);
     until(&mut state, &mut events, |s| phase_of(s, &t) == Some(TaskPhase::Exited)).await;
+    assert!(state.settle_until.is_none(), "an exit is reported at once");
     let reported = state.request(Duration::ZERO).tasks;
     assert_eq!((reported[0].exit_code, reported[0].error.clone()), (Some(3), None));
     assert_eq!(fake.started().len(), 1, "nothing is started twice");
