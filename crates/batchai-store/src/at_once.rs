@@ -111,7 +111,6 @@ impl PgStore {
 
 impl SqliteStore {
     /// Postgres only: SQLite finishes in a transaction of two statements.
-    #[allow(clippy::unused_async)]
     pub(crate) async fn finish_at_once(
         &self,
         _job_key: &str,
@@ -125,7 +124,6 @@ impl SqliteStore {
     }
 
     /// Postgres only: on SQLite a statement costs no round trip, and the per-job path is as fast.
-    #[allow(clippy::unused_async)]
     pub(crate) async fn place_at_once(
         &self,
         _cluster_key: &str,
