@@ -112,8 +112,9 @@ pub(super) struct State {
     known: Option<String>,
     /// Something new to report: sync without waiting.
     pub(super) urgent: bool,
-    /// A task just started or began running: until then the sync loop gives it a moment to
-    /// move on, so that a short task's phases reach the server in one sync ([`SETTLE`]).
+    /// Set when a task starts or begins running: the sync loop waits until then (or until a
+    /// task exits) before reporting, so a short task's phases reach the server in one sync
+    /// ([`SETTLE`]).
     pub(super) settle_until: Option<tokio::time::Instant>,
     tasks: BTreeMap<TaskKey, TaskEntry>,
     gpus: GpuPool,
