@@ -104,6 +104,33 @@ def test_a_10_mib_file_goes_up_in_parallel_ranges_and_comes_back_in_ranges(serve
         assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
 
 
+def test_range_checksums_are_checked_and_a_mismatch_writes_nothing(server, storage):
+    s = service(storage)
+    s.create_share("sums")
+    # validate_content: every 4 MiB range carries its Content-MD5, which the server checks over
+    # the body as it arrived (many frames per range).
+    data = os.urandom(9 * MIB + 5)
+    s.create_file_from_bytes("sums", None, "data.bin", data, validate_content=True)
+    assert s.get_file_to_bytes("sums", None, "data.bin").content == data
+
+    token = s.generate_share_shared_access_signature(
+        "sums", permission=SharePermissions(read=True, write=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    url = s.make_file_url("sums", None, "data.bin", sas_token=token) + "&comp=range"
+
+    def put_range(body, md5):
+        headers = {"x-ms-version": "2019-02-02", "x-ms-write": "update",
+                   "x-ms-range": f"bytes=0-{len(body) - 1}", "Content-MD5": base64.b64encode(md5).decode()}
+        return requests.put(url, data=body, headers=headers, timeout=30)
+
+    r = put_range(b"x" * 1000, hashlib.md5(b"y" * 1000).digest())
+    assert (r.status_code, r.headers.get("x-ms-error-code")) == (400, "Md5Mismatch"), r.text
+    assert s.get_file_to_bytes("sums", None, "data.bin").content == data, "a refused range wrote nothing"
+    r = put_range(b"x" * 1000, hashlib.md5(b"x" * 1000).digest())
+    assert r.status_code == 201, r.text
+    assert s.get_file_to_bytes("sums", None, "data.bin", start_range=0, end_range=1000).content == b"x" * 1000 + data[1000:1001]
+
+
 def test_an_upload_is_invisible_until_its_last_range(server, storage):
     s = service(storage)
     s.create_share("atomic")

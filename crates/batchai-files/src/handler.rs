@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use batchai_core::range::{Span, parse_range};
+use http_body_util::BodyExt;
 use md5::{Digest, Md5};
 use percent_encoding::percent_decode_str;
-use std::os::unix::fs::FileExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -343,10 +343,27 @@ async fn put_range(state: &FilesState, loc: Loc, h: &HeaderMap, body: Body) -> R
             &format!("must be {want} for this range and x-ms-write (it is {declared})"),
         ));
     }
-    let data = axum::body::to_bytes(body, want as usize).await.map_err(|_| {
-        StorageError::new(StatusCode::BAD_REQUEST, "InvalidInput", "The body is longer than Content-Length.")
-    })?;
-    if data.len() as u64 != want {
+    // The body is kept as the frames it arrived in: joining them into one buffer would copy
+    // every byte once more on its way to the disk.
+    let mut body = body;
+    let (mut frames, mut got) = (Vec::new(), 0u64);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            StorageError::new(StatusCode::BAD_REQUEST, "InvalidInput", "The body could not be read to its end.")
+        })?;
+        if let Ok(data) = frame.into_data() {
+            got += data.len() as u64;
+            if got > want {
+                return Err(StorageError::new(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidInput",
+                    "The body is longer than Content-Length.",
+                ));
+            }
+            frames.push(data);
+        }
+    }
+    if got != want {
         return Err(StorageError::new(
             StatusCode::BAD_REQUEST,
             "InvalidInput",
@@ -356,16 +373,19 @@ async fn put_range(state: &FilesState, loc: Loc, h: &HeaderMap, body: Body) -> R
     let sent_md5 = header_str(h, "content-md5").map(str::to_owned);
     if let Some(sent) = &sent_md5
         && !clear
-        && STANDARD.encode(Md5::digest(&data)) != sent.trim()
     {
-        return Err(StorageError::new(
-            StatusCode::BAD_REQUEST,
-            "Md5Mismatch",
-            "The MD5 value specified in the request did not match the MD5 value calculated by the server.",
-        ));
+        let mut md5 = Md5::new();
+        frames.iter().for_each(|f| md5.update(f));
+        if STANDARD.encode(md5.finalize()) != sent.trim() {
+            return Err(StorageError::new(
+                StatusCode::BAD_REQUEST,
+                "Md5Mismatch",
+                "The MD5 value specified in the request did not match the MD5 value calculated by the server.",
+            ));
+        }
     }
     let shares = state.shares.clone();
-    let props = blocking(move || shares.put_range(&loc, start, end, (!clear).then_some(&data[..]))).await?;
+    let props = blocking(move || shares.put_range(&loc, start, end, (!clear).then_some(&frames[..]))).await?;
     let mut res = entity(StatusCode::CREATED, &props);
     if let Some(m) = sent_md5.and_then(|m| HeaderValue::from_str(&m).ok()) {
         res.headers_mut().insert("content-md5", m);
@@ -407,11 +427,17 @@ async fn get_file(
     } else if count <= WHOLE_READ {
         // The ranges clients download in (4 to 32 MiB) are read in one go: one trip to the
         // blocking pool instead of one per chunk.
+        // `read_to_end` fills the buffer's spare capacity without zeroing it first.
         let buf = blocking(move || {
-            let mut buf = vec![0u8; count as usize];
-            std::fs::File::open(&path)
-                .and_then(|f| f.read_exact_at(&mut buf, start))
+            use std::io::{Read, Seek};
+            let mut buf = Vec::with_capacity(count as usize);
+            let mut f = std::fs::File::open(&path).map_err(|e| StorageError::internal(&e))?;
+            f.seek(SeekFrom::Start(start))
+                .and_then(|_| f.take(count).read_to_end(&mut buf))
                 .map_err(|e| StorageError::internal(&e))?;
+            if (buf.len() as u64) < count {
+                return Err(StorageError::internal(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof)));
+            }
             Ok(buf)
         })
         .await?;

@@ -10,7 +10,7 @@
 //!
 //! The download is checked against the source once per round.
 
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -110,9 +110,15 @@ where
     Ok(())
 }
 
-fn read_at(file: &std::fs::File, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
-    let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)?;
+/// Reads `len` bytes at `offset` into a new buffer, without zeroing it first as `read_at`
+/// into `vec![0; len]` would.
+fn read_at(path: &std::path::Path, offset: u64, len: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut buf)?;
+    ensure!(buf.len() as u64 == len, "the source ended at {offset} + {}", buf.len());
     Ok(buf)
 }
 
@@ -145,7 +151,7 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
     }
     content.truncate(size as usize);
     std::fs::write(&src_path, &content)?;
-    let src = Arc::new(std::fs::File::open(&src_path)?);
+    let src = Arc::new(src_path.clone());
 
     let (mut copy, mut synced, mut up, mut down) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
@@ -200,10 +206,23 @@ pub async fn run(args: &Args) -> anyhow::Result<()> {
                 async move {
                     let len = RANGE.min(size - offset);
                     let range = format!("bytes={offset}-{}", offset + len - 1);
-                    let res = files.send(reqwest::Method::GET, &name, &[], &[("x-ms-range", range)], None).await?;
-                    let bytes = res.bytes().await?;
-                    ensure!(bytes.len() as u64 == len, "range at {offset}: {} bytes instead of {len}", bytes.len());
-                    tokio::task::spawn_blocking(move || out.write_all_at(&bytes, offset)).await??;
+                    let mut res = files.send(reqwest::Method::GET, &name, &[], &[("x-ms-range", range)], None).await?;
+                    // Written as received, without joining the chunks into one buffer first.
+                    let (mut chunks, mut got) = (Vec::new(), 0);
+                    while let Some(chunk) = res.chunk().await? {
+                        got += chunk.len() as u64;
+                        chunks.push(chunk);
+                    }
+                    ensure!(got == len, "range at {offset}: {got} bytes instead of {len}");
+                    tokio::task::spawn_blocking(move || {
+                        let mut at = offset;
+                        for chunk in chunks {
+                            out.write_all_at(&chunk, at)?;
+                            at += chunk.len() as u64;
+                        }
+                        std::io::Result::Ok(())
+                    })
+                    .await??;
                     Ok(())
                 }
             })
