@@ -30,6 +30,12 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+/// mimalloc instead of glibc's malloc: the API's request path allocates and frees many small
+/// buffers across threads, where glibc's arenas spent about a tenth of the server's CPU
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod api;
 mod db;
 mod nodes;

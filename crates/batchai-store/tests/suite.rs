@@ -24,6 +24,7 @@ mod both {
         concurrent_inserts_each_get_their_own_outcome,
         a_failing_insert_does_not_fail_its_batch_mates,
         a_filling_database_is_analyzed,
+        batched_inserts_read_back_as_written,
     );
 }
 
@@ -372,4 +373,77 @@ async fn a_failing_insert_does_not_fail_its_batch_mates(db: &Db) {
     assert!(failed.iter().all(|i| i % 10 == 0), "{failed:?}");
     let q = ListQuery { kind: Kind::Job, scope: Scope::Parent(exp.key()), after: None, limit: 1000 };
     assert_eq!(s.list_resources(&q).await.unwrap().len(), 38, "37 new jobs and the tree's one");
+}
+
+/// Requests sent together (so written as one batch) read back field for field as they were
+/// sent: resources, their job or cluster rows and their operations.
+async fn batched_inserts_read_back_as_written(db: &Db) {
+    let s = db.open().await;
+    let (_, ws, exp, ..) = tree(s.as_ref(), "rg").await;
+    let mut sent = Vec::new();
+    for i in 0..30i32 {
+        let r = if i % 3 == 0 {
+            ws.child(Kind::Cluster, name(&format!("c{i}"), Kind::Cluster))
+        } else {
+            exp.child(Kind::Job, name(&format!("j{i}"), Kind::Job))
+        };
+        let mut n = new(&r, if i % 2 == 0 { ProvisioningState::Creating } else { ProvisioningState::Succeeded });
+        n.tags = Some(serde_json::json!({ "i": i, "quote": "it's \"x\"" }));
+        n.spec = Some(serde_json::json!({ "n": i, "nested": [1, { "a": null }] }));
+        n.location = None;
+        n.now = 1_000 + i64::from(i);
+        if let Some(j) = n.job.as_mut() {
+            (j.priority, j.node_count, j.max_wall_clock_secs) = (i % 3, i, 60 + i64::from(i));
+            j.tool_type = format!("tool{i}");
+        }
+        if r.kind == Kind::Cluster {
+            n.cluster = Some(NewCluster {
+                vm_size: format!("STANDARD_NC{i}"),
+                allocation_state: batchai_core::state::AllocationState::Resizing,
+            });
+        }
+        let mut o = op(&format!("op{i}"), &r, OperationKind::Create, 5_000 + i64::from(i));
+        o.location = "from-request".into();
+        sent.push((n, o));
+    }
+    let tasks: Vec<_> = sent
+        .iter()
+        .cloned()
+        .map(|(n, o)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.insert_resource(&n, Some(&o)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().parent_location.as_deref(), Some("eastus"));
+    }
+    for (n, o) in &sent {
+        let row = s.get_resource(&n.key).await.unwrap().unwrap();
+        assert_eq!(
+            (&row.kind, &row.parent_key, &row.arm_id, &row.name, &row.uid),
+            (&n.kind, &n.parent_key, &n.arm_id, &n.name, &n.uid)
+        );
+        assert_eq!((&row.location, &row.tags, &row.spec), (&n.location, &n.tags, &n.spec));
+        assert_eq!((row.provisioning_state, row.created_at, row.provisioning_changed_at), (n.provisioning_state, n.now, n.now));
+        match (&row.job, &n.job) {
+            (Some(j), Some(want)) => {
+                assert_eq!((&j.cluster_key, j.priority, j.node_count), (&want.cluster_key, want.priority, want.node_count));
+                assert_eq!((&j.tool_type, j.max_wall_clock_secs), (&want.tool_type, want.max_wall_clock_secs));
+                assert_eq!((j.execution_state, j.execution_changed_at), (ExecutionState::Queued, n.now));
+            }
+            (None, None) => {}
+            other => panic!("job rows differ: {other:?}"),
+        }
+        match (&row.cluster, &n.cluster) {
+            (Some(c), Some(want)) => {
+                assert_eq!((&c.vm_size, c.allocation_state), (&want.vm_size, want.allocation_state));
+                assert_eq!((c.allocation_changed_at, c.current_node_count), (n.now, 0));
+            }
+            (None, None) => {}
+            other => panic!("cluster rows differ: {other:?}"),
+        }
+        let stored = s.get_operation(&o.id).await.unwrap().unwrap();
+        // The operation takes the parent's location, as the resource's own would be.
+        assert_eq!(stored, Operation { location: "eastus".into(), ..o.clone() });
+    }
 }

@@ -1,6 +1,12 @@
 //! `batchai`: the server and its administration commands. Thin: parsing flags, reading
 //! config, wiring the library crates together.
 
+/// mimalloc instead of glibc's malloc: the API's request path allocates and frees many small
+/// buffers across threads, where glibc's arenas spent about a tenth of the server's CPU
+/// (docs/benchmarks.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod config;
 mod node_runtime;
