@@ -292,14 +292,27 @@ async fn sqlite_write(tx: &mut sqlx::SqliteConnection, batch: &[Pending]) -> Res
         });
     }
 
-    let resources = serde_json::Value::from_iter(batch.iter().zip(&checked).filter(|(_, c)| c.is_ok()).map(|(p, _)| {
-        let r = &p.r;
-        serde_json::json!([
-            r.key, r.kind.as_str(), r.subscription_id, r.rg_key, r.ws_key, r.exp_key, r.parent_key, r.arm_id, r.name,
-            r.uid, r.location, r.tags.as_ref().map(|v| v.to_string()), r.spec.as_ref().map(|v| v.to_string()),
-            r.provisioning_state.as_str(), r.now,
-        ])
-    }));
+    let resources =
+        serde_json::Value::from_iter(batch.iter().zip(&checked).filter(|(_, c)| c.is_ok()).map(|(p, _)| {
+            let r = &p.r;
+            serde_json::json!([
+                r.key,
+                r.kind.as_str(),
+                r.subscription_id,
+                r.rg_key,
+                r.ws_key,
+                r.exp_key,
+                r.parent_key,
+                r.arm_id,
+                r.name,
+                r.uid,
+                r.location,
+                r.tags.as_ref().map(|v| v.to_string()),
+                r.spec.as_ref().map(|v| v.to_string()),
+                r.provisioning_state.as_str(),
+                r.now,
+            ])
+        }));
     let inserted: HashSet<String> = sqlx::query_scalar(
         "INSERT INTO resources (key, kind, subscription_id, rg_key, ws_key, exp_key, parent_key, arm_id, \
            name, uid, location, tags, spec, provisioning_state, provisioning_changed_at, created_at) \
@@ -331,7 +344,13 @@ async fn sqlite_write(tx: &mut sqlx::SqliteConnection, batch: &[Pending]) -> Res
         };
         if let Some(j) = &r.job {
             jobs.push(serde_json::json!([
-                r.key, j.cluster_key, j.priority, j.node_count, j.tool_type, j.max_wall_clock_secs, r.now,
+                r.key,
+                j.cluster_key,
+                j.priority,
+                j.node_count,
+                j.tool_type,
+                j.max_wall_clock_secs,
+                r.now,
             ]));
         }
         if let Some(c) = &r.cluster {
@@ -339,9 +358,21 @@ async fn sqlite_write(tx: &mut sqlx::SqliteConnection, batch: &[Pending]) -> Res
         }
         if let Some(o) = &p.op {
             ops.push(serde_json::json!([
-                o.id, o.subscription_id, parent_location.as_ref().unwrap_or(&o.location), o.kind.as_str(),
-                o.resource_kind.as_str(), o.resource_key, o.resource_id, o.dollar_id, o.status.as_str(),
-                o.error_code, o.error_message, o.started_at, o.ended_at, o.run_after, o.attempts,
+                o.id,
+                o.subscription_id,
+                parent_location.as_ref().unwrap_or(&o.location),
+                o.kind.as_str(),
+                o.resource_kind.as_str(),
+                o.resource_key,
+                o.resource_id,
+                o.dollar_id,
+                o.status.as_str(),
+                o.error_code,
+                o.error_message,
+                o.started_at,
+                o.ended_at,
+                o.run_after,
+                o.attempts,
             ]));
         }
         outcomes.push(Ok(Inserted { parent_location }));

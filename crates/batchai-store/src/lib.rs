@@ -8,6 +8,7 @@
 
 mod analyze;
 mod at_once;
+mod direct;
 mod fleet;
 mod insert;
 mod sql;

@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use batchai_core::ids::Kind;
 use batchai_core::state::{AllocationState, ExecutionState, OperationStatus, ProvisioningState};
 use batchai_core::time::Millis;
-use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Postgres, Row, Sqlite};
 
 use crate::analyze::Analyzer;
+use crate::direct::Direct;
 use crate::insert::{Batcher, pg_insert_batch, sqlite_insert_batch};
 use crate::types::*;
 use crate::{Result, Store, StoreError};
@@ -28,6 +29,7 @@ use crate::{Result, Store, StoreError};
 #[derive(Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    direct: Arc<Direct<Postgres>>,
     inserts: Batcher,
 }
 
@@ -37,12 +39,16 @@ pub struct PgStore {
 #[derive(Clone)]
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    direct: Arc<Direct<Sqlite>>,
     writer: SqlitePool,
     inserts: Batcher,
 }
 
+/// Connections kept apart for one-statement reads on hot paths (see [`crate::direct`]).
+const DIRECT_SLOTS: usize = 4;
+
 /// A pooled Postgres connection idle this long is pinged before it is used again.
-const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
+pub(crate) const CHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 impl PgStore {
     pub async fn connect(url: &str) -> Result<Self> {
@@ -80,7 +86,7 @@ impl PgStore {
                 analyzer.inserted(rows, &pool);
             }
         });
-        Ok(Self { pool, inserts })
+        Ok(Self { direct: Arc::new(Direct::new(pool.clone(), DIRECT_SLOTS)), pool, inserts })
     }
 
     /// Postgres takes concurrent writers; reads and writes share the pool.
@@ -105,7 +111,7 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false).connect_with(opts).await?;
         let batch_writer = writer.clone();
         let inserts = Batcher::spawn(move |batch| sqlite_insert_batch(batch_writer.clone(), batch));
-        Ok(Self { pool, writer, inserts })
+        Ok(Self { direct: Arc::new(Direct::new(pool.clone(), DIRECT_SLOTS)), pool, writer, inserts })
     }
 
     pub(crate) fn writer(&self) -> &SqlitePool {
@@ -496,11 +502,8 @@ macro_rules! sql_store {
             }
 
             async fn get_resource(&self, key: &str) -> Result<Option<ResourceRow>> {
-                let row = sqlx::query(concat!(select_resources!(), "WHERE r.key = $1"))
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map(resource_from).transpose()
+                let query = || sqlx::query(concat!(select_resources!(), "WHERE r.key = $1")).bind(key);
+                self.direct.read(query).await?.first().map(resource_from).transpose()
             }
 
             async fn list_resources(&self, q: &ListQuery) -> Result<Vec<ResourceRow>> {

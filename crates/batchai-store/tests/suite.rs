@@ -25,6 +25,7 @@ mod both {
         a_failing_insert_does_not_fail_its_batch_mates,
         a_filling_database_is_analyzed,
         batched_inserts_read_back_as_written,
+        reads_survive_their_connections_being_cut,
     );
 }
 
@@ -424,10 +425,16 @@ async fn batched_inserts_read_back_as_written(db: &Db) {
             (&n.kind, &n.parent_key, &n.arm_id, &n.name, &n.uid)
         );
         assert_eq!((&row.location, &row.tags, &row.spec), (&n.location, &n.tags, &n.spec));
-        assert_eq!((row.provisioning_state, row.created_at, row.provisioning_changed_at), (n.provisioning_state, n.now, n.now));
+        assert_eq!(
+            (row.provisioning_state, row.created_at, row.provisioning_changed_at),
+            (n.provisioning_state, n.now, n.now)
+        );
         match (&row.job, &n.job) {
             (Some(j), Some(want)) => {
-                assert_eq!((&j.cluster_key, j.priority, j.node_count), (&want.cluster_key, want.priority, want.node_count));
+                assert_eq!(
+                    (&j.cluster_key, j.priority, j.node_count),
+                    (&want.cluster_key, want.priority, want.node_count)
+                );
                 assert_eq!((&j.tool_type, j.max_wall_clock_secs), (&want.tool_type, want.max_wall_clock_secs));
                 assert_eq!((j.execution_state, j.execution_changed_at), (ExecutionState::Queued, n.now));
             }
@@ -446,4 +453,42 @@ async fn batched_inserts_read_back_as_written(db: &Db) {
         // The operation takes the parent's location, as the resource's own would be.
         assert_eq!(stored, Operation { location: "eastus".into(), ..o.clone() });
     }
+}
+
+/// Postgres: every connection the store holds is terminated (as a database restart does);
+/// reads go on without an error, the dead connections replaced.
+async fn reads_survive_their_connections_being_cut(db: &Db) {
+    use sqlx::Connection;
+    if !db.url.starts_with("postgres") {
+        return;
+    }
+    let s = db.open().await;
+    let (_, ws, ..) = tree(s.as_ref(), "rg").await;
+    // Several reads at once, so that more than one held connection is in use.
+    let read_all = || {
+        let (s, key) = (s.clone(), ws.key());
+        async move {
+            let reads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (s, key) = (s.clone(), key.clone());
+                    tokio::spawn(async move { s.get_resource(&key).await })
+                })
+                .collect();
+            for r in reads {
+                assert!(r.await.unwrap().expect("read after the cut").is_some());
+            }
+        }
+    };
+    read_all().await;
+    let mut admin = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend') t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(cut > 0, "the store held connections");
+    read_all().await;
+    read_all().await;
 }

@@ -2,6 +2,8 @@
 //! process, over real HTTP on loopback), beside a raw sqlx loop inserting same-size rows into
 //! the same kind of database at the same concurrency. Prints our ratio to the raw rate.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -151,32 +153,47 @@ impl Api {
 
 async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -> anyhow::Result<f64> {
     let body = "x".repeat(row_bytes);
-    // The same loop over either pool type.
+    // As pgbench does it: every client has its own connection and inserts one row per
+    // autocommit statement; the same loop over either connection type.
     macro_rules! timed_inserts {
-        ($pool:expr) => {{
-            let pool = $pool;
-            sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)").execute(&pool).await?;
+        ($connect:expr) => {{
+            let mut conns = Vec::new();
+            for _ in 0..clients {
+                conns.push($connect.await?);
+            }
+            sqlx::query("CREATE TABLE raw_jobs (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+                .execute(&mut conns[0])
+                .await?;
+            let next = Arc::new(AtomicUsize::new(0));
             let started = Instant::now();
-            run_clients(clients, rows, move |i| {
-                let (pool, body) = (pool.clone(), body.clone());
-                async move {
-                    sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
-                        .bind(format!("row-{i}"))
-                        .bind(body)
-                        .execute(&pool)
-                        .await?;
-                    Ok(())
-                }
-            })
-            .await?;
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|mut conn| {
+                    let (next, body) = (next.clone(), body.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= rows {
+                                return anyhow::Ok(());
+                            }
+                            sqlx::query("INSERT INTO raw_jobs (id, body) VALUES ($1, $2)")
+                                .bind(format!("row-{i}"))
+                                .bind(&body)
+                                .execute(&mut conn)
+                                .await?;
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
             started.elapsed().as_secs_f64()
         }};
     }
+    use sqlx::Connection;
     if url.starts_with("postgres") {
-        // Without sqlx's ping before every use, as the store's pool: the baseline gets whatever
-        // pool setting the store gets.
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(clients as u32).test_before_acquire(false);
-        Ok(timed_inserts!(pool.connect(url).await?))
+        Ok(timed_inserts!(sqlx::postgres::PgConnection::connect(url)))
     } else {
         use std::str::FromStr;
         let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
@@ -184,7 +201,6 @@ async fn raw_inserts(url: &str, clients: usize, rows: usize, row_bytes: usize) -
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30));
-        let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).test_before_acquire(false);
-        Ok(timed_inserts!(pool.connect_with(opts).await?))
+        Ok(timed_inserts!(sqlx::sqlite::SqliteConnection::connect_with(&opts)))
     }
 }
