@@ -327,7 +327,7 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(q.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-async fn put_range(state: &FilesState, loc: Loc, h: &HeaderMap, body: Body) -> Result<Response> {
+async fn put_range(state: &FilesState, loc: Loc, h: &HeaderMap, mut body: Body) -> Result<Response> {
     let (start, end) = write_range(h)?;
     let clear = match header_str(h, "x-ms-write").map(str::to_ascii_lowercase).as_deref() {
         Some("update") => false,
@@ -345,7 +345,6 @@ async fn put_range(state: &FilesState, loc: Loc, h: &HeaderMap, body: Body) -> R
     }
     // The body is kept as the frames it arrived in: joining them into one buffer would copy
     // every byte once more on its way to the disk.
-    let mut body = body;
     let (mut frames, mut got) = (Vec::new(), 0u64);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
@@ -426,8 +425,8 @@ async fn get_file(
         Body::empty()
     } else if count <= WHOLE_READ {
         // The ranges clients download in (4 to 32 MiB) are read in one go: one trip to the
-        // blocking pool instead of one per chunk.
-        // `read_to_end` fills the buffer's spare capacity without zeroing it first.
+        // blocking pool instead of one per chunk, into spare capacity (`read_to_end` does not
+        // zero it first).
         let buf = blocking(move || {
             use std::io::{Read, Seek};
             let mut buf = Vec::with_capacity(count as usize);
