@@ -7,7 +7,7 @@ use batchai_core::state::ExecutionState;
 use batchai_core::time::Millis;
 use sqlx::Row;
 
-use crate::fleet::end_job;
+use crate::fleet::{bind_end_job, end_job};
 use crate::types::JobOutcome;
 use crate::{PgStore, Result, SqliteStore};
 
@@ -84,7 +84,7 @@ impl PgStore {
         o: &JobOutcome,
         errors: Option<&str>,
     ) -> Result<Option<bool>> {
-        let row = sqlx::query(concat!(
+        let query = sqlx::query(concat!(
             "WITH j AS (",
             end_job!(),
             " RETURNING key), \
@@ -94,17 +94,8 @@ impl PgStore {
                WHERE job_key = $1 AND job_epoch = $2 AND state IN ('running', 'leaving') AND EXISTS (SELECT 1 FROM j) \
                RETURNING 1) \
              SELECT (SELECT count(*) FROM j) AS jobs"
-        ))
-        .bind(job_key)
-        .bind(epoch)
-        .bind(from.as_str())
-        .bind(to.as_str())
-        .bind(o.now)
-        .bind(o.end_time)
-        .bind(o.exit_code)
-        .bind(errors)
-        .fetch_one(self.writer())
-        .await?;
+        ));
+        let row = bind_end_job!(query, job_key, epoch, from, to, o, errors).fetch_one(self.writer()).await?;
         Ok(Some(row.try_get::<i64, _>("jobs")? == 1))
     }
 }

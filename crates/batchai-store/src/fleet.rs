@@ -289,6 +289,22 @@ macro_rules! end_job {
 }
 pub(crate) use end_job;
 
+/// Binds [`end_job!`]'s parameters, in its order, to a statement built on it.
+macro_rules! bind_end_job {
+    ($query:expr, $job_key:expr, $epoch:expr, $from:expr, $to:expr, $o:expr, $errors:expr) => {
+        $query
+            .bind($job_key)
+            .bind($epoch)
+            .bind($from.as_str())
+            .bind($to.as_str())
+            .bind($o.now)
+            .bind($o.end_time)
+            .bind($o.exit_code)
+            .bind($errors)
+    };
+}
+pub(crate) use bind_end_job;
+
 macro_rules! node_columns {
     () => {
         "id, hostname, address, ssh_port, gpus, facts, state, cluster_key, alloc_epoch, job_key, job_epoch, \
@@ -827,17 +843,9 @@ macro_rules! fleet_store {
                     return Ok(done);
                 }
                 let mut tx = self.writer().begin_with($begin).await?;
-                let done = sqlx::query(end_job!())
-                .bind(job_key)
-                .bind(epoch)
-                .bind(from.as_str())
-                .bind(to.as_str())
-                .bind(o.now)
-                .bind(o.end_time)
-                .bind(o.exit_code)
-                .bind(errors)
-                .execute(&mut *tx)
-                .await?;
+                let done = bind_end_job!(sqlx::query(end_job!()), job_key, epoch, from, to, o, errors)
+                    .execute(&mut *tx)
+                    .await?;
                 if done.rows_affected() != 1 {
                     return Ok(false);
                 }
